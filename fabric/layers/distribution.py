@@ -1,0 +1,30 @@
+"""Layer 5: token distribution — the fabric's OpenAI-compatible endpoint on Ray Serve.
+
+Served in Ray Serve LLM's direct-streaming mode: HAProxy on the head asks the app's
+ingress router for a replica (our FabricRequestRouter decides), then streams bytes straight
+between the client and that replica's vLLM OpenAI server. No Python hop per token.
+"""
+
+from __future__ import annotations
+
+from fabric.spec import FabricSpec
+
+APP_NAME = "fabric"
+
+
+def deploy(spec: FabricSpec, model_source: str) -> str:
+    """Start Serve on the head and deploy the model app. Returns the OpenAI base URL."""
+    from ray import serve
+    from ray.serve.llm import build_openai_app
+
+    from fabric.layers.llm import llm_config
+
+    serve.start(http_options={"host": spec.endpoint.host, "port": spec.endpoint.port},
+                proxy_location="HeadOnly")
+    app = build_openai_app({"llm_configs": [llm_config(spec, spec.model, model_source)]})
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    return base_url(spec)
+
+
+def base_url(spec: FabricSpec) -> str:
+    return f"http://{spec.endpoint.host}:{spec.endpoint.port}/v1"

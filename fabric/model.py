@@ -1,0 +1,154 @@
+"""The offline model: a tiny Llama with random weights and a locally trained tokenizer.
+
+Why it exists: the fabric must run for real on a machine with no GPU and no network, so
+it cannot download a model. This one is built from nothing in a few seconds and cached.
+Its *text is random* (the weights are never trained), but its tokens, timing, batching and
+memory behaviour in vLLM are real, which is what the fabric schedules and meters.
+
+Any Hugging Face model id or local path can replace it (``--model``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pydoc
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+# Bumped whenever the recipe changes, so a stale cache is never reused.
+RECIPE_VERSION = 1
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>",
+                  "<|assistant|>", "<|tool|>", "<|end|>"]
+
+
+class TinyModelRecipe(BaseModel):
+    """Shape of the offline model. head_dim = hidden / heads must be >= 64 (vLLM CPU attention)."""
+
+    hidden_size: int = Field(256, ge=64)
+    num_attention_heads: int = Field(4, ge=1)
+    num_key_value_heads: int = Field(2, ge=1)
+    num_hidden_layers: int = Field(2, ge=1)
+    intermediate_size: int = Field(512, ge=64)
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary to train (bytes + merges)")
+    max_position_embeddings: int = Field(4096, ge=128)
+    seed: int = 0
+
+    def digest(self) -> str:
+        blob = json.dumps({"v": RECIPE_VERSION, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def cache_root() -> Path:
+    """User cache directory (XDG), overridable with TOKEN_FABRIC_CACHE."""
+    if os.environ.get("TOKEN_FABRIC_CACHE"):
+        return Path(os.environ["TOKEN_FABRIC_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "token-fabric"
+
+
+def default_model_dir(recipe: TinyModelRecipe | None = None) -> Path:
+    recipe = recipe or TinyModelRecipe()
+    return cache_root() / "models" / f"tiny-llama-{recipe.digest()}"
+
+
+def _corpus() -> list[str]:
+    """Deterministic English-and-code text from the standard library's own documentation."""
+    texts: list[str] = []
+    for name in sorted(["json", "asyncio", "collections", "functools", "itertools", "pathlib",
+                        "statistics", "string", "textwrap", "typing", "math", "random", "re",
+                        "datetime", "heapq", "bisect", "dataclasses", "enum", "csv", "io"]):
+        module = __import__(name)
+        texts.append(pydoc.render_doc(module, renderer=pydoc.plaintext))
+    # Chat-shaped and fabric-shaped lines, so common agent vocabulary gets merges too.
+    texts += ["The agent asks the fabric for tokens. Summarise the previous answer and continue.",
+              "def step(state):\n    return {\"plan\": state, \"tool\": \"search\"}\n",
+              "Power budget, energy price, carbon intensity, region, site, replica, request."] * 50
+    return texts
+
+
+def build_tokenizer(vocab_size: int):
+    """Train a byte-level BPE tokenizer locally and wrap it as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
+                                   pad_token="<|pad|>", additional_special_tokens=SPECIAL_TOKENS[3:])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 4096
+    return fast
+
+
+def build_model(out_dir: Path, recipe: TinyModelRecipe | None = None) -> Path:
+    """Write a loadable Hugging Face model directory (config, safetensors, tokenizer)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    recipe = recipe or TinyModelRecipe()
+    if recipe.hidden_size // recipe.num_attention_heads < 64:
+        raise ValueError("head_dim (hidden_size / num_attention_heads) must be >= 64 for vLLM on CPU")
+    tokenizer = build_tokenizer(recipe.vocab_size)
+    torch.manual_seed(recipe.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size, num_hidden_layers=recipe.num_hidden_layers,
+        num_attention_heads=recipe.num_attention_heads, num_key_value_heads=recipe.num_key_value_heads,
+        max_position_embeddings=recipe.max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, torch_dtype="bfloat16",
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    tmp = out_dir.with_name(out_dir.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id).save_pretrained(tmp)
+    (tmp / "FABRIC_MODEL.json").write_text(json.dumps(
+        {"recipe": recipe.model_dump(), "recipe_version": RECIPE_VERSION,
+         "note": "random weights: generated text is meaningless; token counts and timing are real"},
+        indent=2))
+    if out_dir.exists():  # another process won the race; keep its copy
+        import shutil
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(out_dir)  # atomic: a half-written model is never visible
+    return out_dir
+
+
+def ensure_model(model: str | None = None, log=print) -> str:
+    """Resolve ``--model``: None builds (once) and returns the cached offline model's path;
+    anything else (Hugging Face id or local path) is returned unchanged."""
+    if model:
+        path = Path(model).expanduser()
+        return str(path.resolve()) if path.exists() else model
+    out = default_model_dir()
+    if not (out / "config.json").exists():
+        log(f"building the offline model (random weights) in {out}")
+        build_model(out)
+    return str(out)
+
+
+if __name__ == "__main__":
+    print(ensure_model(sys.argv[1] if len(sys.argv) > 1 else None))

@@ -1,0 +1,45 @@
+"""The routing table: the one thing the scheduler hands to the hot path.
+
+The scheduler recomputes it every tick; whatever picks replicas keeps its own copy and
+never waits for a new one (fail-static: if the scheduler is gone, the last table holds).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RoutingTable(BaseModel):
+    """Traffic weights per region. ``version`` only grows, so stale pushes are ignored."""
+
+    version: int = Field(0, ge=0)
+    policy: str = "none"
+    weights: dict[str, float] = Field(default_factory=dict, description="region -> share >= 0")
+
+    def allowed(self, regions: set[str]) -> dict[str, float]:
+        """The weights restricted to regions that have replicas, dropping zero weights."""
+        return {r: w for r, w in self.weights.items() if r in regions and w > 0}
+
+
+class SmoothWeightedRoundRobin:
+    """Nginx's smooth weighted round-robin: deterministic, evenly interleaved picks.
+
+    With weights {a: 1, b: 1} it alternates a, b, a, b; with {a: 3, b: 1} it yields
+    a, a, b, a — never long runs, so short tests see the intended shares.
+    """
+
+    def __init__(self) -> None:
+        self._current: dict[str, float] = {}
+
+    def pick(self, weights: dict[str, float]) -> str | None:
+        if not weights:
+            return None
+        total = sum(weights.values())
+        for key, weight in weights.items():
+            self._current[key] = self._current.get(key, 0.0) + weight
+        best = max(sorted(weights), key=lambda k: self._current[k])
+        self._current[best] -= total
+        for key in list(self._current):
+            if key not in weights:
+                del self._current[key]
+        return best
