@@ -25,6 +25,10 @@ DATA_PATH_ENV = {
 }
 
 
+# The local cluster keeps all its traffic on loopback.
+LOCAL_IP = "127.0.0.1"
+
+
 class ClusterError(RuntimeError):
     """The cluster cannot start or be reached; the message says what to do."""
 
@@ -32,6 +36,16 @@ class ClusterError(RuntimeError):
 def apply_data_path_env() -> None:
     for key, value in DATA_PATH_ENV.items():
         os.environ.setdefault(key, value)
+
+
+def _loopback_only() -> None:
+    """Keep a one-machine cluster on 127.0.0.1. By default Ray swaps loopback for the host's
+    outward address (so other machines could join); a local cluster has no other machines.
+    Ray reads this switch at import in the driver and at start-up in every process it spawns."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -56,6 +70,7 @@ def site_node_args(region: str, site, object_store_mb: int = 128) -> dict:
         "resources": {LLM_SLOT_RESOURCE: site.llm_slots} if site.llm_slots else {},
         "labels": {REGION_LABEL: region, SITE_LABEL: site.name, ROLE_LABEL: "site"},
         "object_store_memory": object_store_mb * 1024 * 1024,
+        "node_ip_address": LOCAL_IP,
     }
 
 
@@ -74,6 +89,7 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         apply_data_path_env()
+        _loopback_only()
         from ray.cluster_utils import Cluster
 
         head_port = free_port()
@@ -84,6 +100,7 @@ class LocalCluster:
                 "labels": {ROLE_LABEL: "head"},
                 "include_dashboard": self.dashboard,
                 "object_store_memory": 256 * 1024 * 1024,
+                "node_ip_address": LOCAL_IP,
             })
             for region, site in self.spec.sites:
                 self._cluster.add_node(**site_node_args(region, site))
@@ -105,14 +122,31 @@ class LocalCluster:
         self.shutdown()
 
 
-def connect(address: str, namespace: str = "fabric") -> None:
-    """Connect this process to a running cluster, with a useful error when it is not there."""
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a host:port address."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": let Ray resolve it
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}). Start one with "
+            "`ray up cluster.yaml` (or `ray start --head`), or leave out --address to start a "
+            "local cluster.") from None
+
+
+def connect(address: str, namespace: str = "fabric", node_ip: str | None = None) -> None:
+    """Connect this process to a running cluster, with a useful error when it is not there.
+    ``node_ip`` must match the local raylets' address when they were bound to loopback."""
     import ray
 
     apply_data_path_env()
+    _check_reachable(address)
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False,
-                 logging_level="ERROR", ignore_reinit_error=True)
+                 logging_level="ERROR", ignore_reinit_error=True,
+                 **({"_node_ip_address": node_ip} if node_ip else {}))
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(
             f"cannot reach a Ray cluster at {address!r} ({exc}). Start one with `ray up cluster.yaml` "

@@ -28,3 +28,15 @@ def deploy(spec: FabricSpec, model_source: str) -> str:
 
 def base_url(spec: FabricSpec) -> str:
     return f"http://{spec.endpoint.host}:{spec.endpoint.port}/v1"
+
+
+def warm_up(url: str, model_id: str, requests: int, timeout_s: float = 180.0) -> None:
+    """One short request per replica before real traffic: the first batch of a fresh vLLM
+    CPU engine is slow, and that start-up cost is not the fabric's steady-state latency."""
+    import httpx
+
+    body = {"model": model_id, "messages": [{"role": "user", "content": "warm up"}],
+            "max_tokens": 4}
+    with httpx.Client(timeout=timeout_s) as client:
+        for _ in range(requests):
+            client.post(f"{url}/chat/completions", json=body).raise_for_status()

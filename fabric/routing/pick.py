@@ -18,13 +18,14 @@ def rank_by_table(table: RoutingTable, wrr: SmoothWeightedRoundRobin, replicas: 
     """Rank 0: the replicas of the region the table's weights pick for this request.
     Rank 1: replicas of other regions the table allows (overflow when rank 0 is full).
     Replicas in regions the table gives weight 0 are never offered while others exist.
-    With no usable table (none received yet, or no region in it has a replica), every
-    replica is one rank, i.e. plain load balancing.
+    With no usable table (none received yet, or no region in it has a replica), regions
+    take equal turns: the fail-open default is round-robin, never a stall.
     """
     by_region: dict[str | None, list[R]] = {}
     for replica in replicas:
         by_region.setdefault(region_of(replica), []).append(replica)
-    weights = table.allowed({r for r in by_region if r is not None})
+    present = {r for r in by_region if r is not None}
+    weights = table.allowed(present) or {r: 1.0 for r in present}
     region = wrr.pick(weights)
     if region is None:
         return [list(replicas)] if replicas else []

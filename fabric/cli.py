@@ -1,0 +1,151 @@
+"""The ``fabric`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from fabric.cluster import ClusterError
+from fabric.spec import SpecError, default_spec_path, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="token-fabric: produce, route and meter LLM tokens across regions and sites.")
+console = Console()
+
+SpecOpt = typer.Option(None, "--spec", help="fabric spec YAML (default: deployments/local.yaml)")
+ModelOpt = typer.Option(None, "--model", help="Hugging Face id or local path (default: the offline tiny model)")
+PortOpt = typer.Option(None, "--port", help="HTTP port of the fabric's endpoint")
+AddressOpt = typer.Option(None, "--address", help="existing Ray cluster (default: start a local one)")
+
+
+def _load(spec_path: Optional[Path], port: Optional[int]):
+    try:
+        spec = load_spec(spec_path or default_spec_path())
+    except SpecError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    if port is not None:
+        spec.endpoint.port = port
+    return spec
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+@app.command("build-model")
+def build_model_cmd(force: bool = typer.Option(False, help="rebuild even if cached")) -> None:
+    """Build (once) the offline model: a tiny Llama with random weights and a local tokenizer."""
+    import shutil
+
+    from fabric.model import default_model_dir, ensure_model
+
+    if force and default_model_dir().exists():
+        shutil.rmtree(default_model_dir())
+    console.print(ensure_model(log=lambda m: console.print(f"[dim]{m}[/]")))
+
+
+@app.command()
+def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
+         port: Optional[int] = PortOpt, address: Optional[str] = AddressOpt,
+         agents: int = typer.Option(32, min=1, help="concurrent agents"),
+         steps: int = typer.Option(8, min=1, help="chat steps per agent"),
+         max_tokens: int = typer.Option(96, min=1, help="tokens per answer"),
+         log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes"),
+         report_json: Optional[Path] = typer.Option(None, help="also write the report as JSON")) -> None:
+    """Start the fabric, run an agent workload through it, print the report, shut down."""
+    from fabric.client import AgentWorkload, run_with_progress
+    from fabric.runtime import quiet_output, running_fabric
+
+    spec = _load(spec_path, port)
+    _sigterm_as_interrupt()
+    log = str(log_file or Path(tempfile.gettempdir()) / f"token-fabric-demo-{os.getpid()}.log")
+    console.print(f"[bold]token-fabric demo[/] — spec [cyan]{spec.name}[/], "
+                  f"regions {', '.join(r.name for r in spec.regions)}; Ray/vLLM output → {log}")
+    start = time.perf_counter()
+    report = None
+    try:
+        with quiet_output(log) as terminal:
+            out = Console(file=terminal, force_terminal=console.is_terminal, log_path=False)
+            with out.status("starting") as status:
+                def step(msg: str) -> None:
+                    out.log(msg)
+                    status.update(msg)
+
+                with running_fabric(spec, model=model, address=address, step=step) as fab:
+                    status.stop()
+                    out.log(f"fabric up at [cyan]{fab.base_url}[/] "
+                            f"(deploy {fab.timings.get('deploy_s', 0):.0f} s)")
+                    workload = AgentWorkload(agents=agents, steps=steps, max_tokens=max_tokens,
+                                             model=spec.model.id)
+                    report = run_with_progress(fab.base_url, workload, console=out)
+                    status.start()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the fabric was shut down")
+        raise typer.Exit(130)
+    except (ClusterError, SpecError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1)
+    except Exception as exc:
+        console.print(f"[red]error:[/] {type(exc).__name__}: {exc}\n(see {log})")
+        raise typer.Exit(1)
+    report.render(console)
+    console.print(f"[dim]total {time.perf_counter() - start:.0f} s; Ray/vLLM log: {log}[/]")
+    if report_json:
+        report_json.write_text(json.dumps(report.to_dict(), indent=2))
+    if report.summary["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
+       port: Optional[int] = PortOpt,
+       log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes")) -> None:
+    """Start a local multi-node cluster with the fabric on it and serve until Ctrl-C."""
+    from fabric.runtime import quiet_output, running_fabric
+
+    spec = _load(spec_path, port)
+    _sigterm_as_interrupt()
+    log = str(log_file or Path(tempfile.gettempdir()) / f"token-fabric-{os.getpid()}.log")
+    try:
+        with quiet_output(log) as terminal:
+            out = Console(file=terminal, log_path=False)
+            with running_fabric(spec, model=model, step=out.log, dashboard=True) as fab:
+                out.print(f"[bold green]serving[/] OpenAI API at [cyan]{fab.base_url}[/] "
+                          f"(model {spec.model.id}); Ray/vLLM output → {log}; Ctrl-C stops")
+                while True:
+                    time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopped; the fabric was shut down")
+    except (ClusterError, SpecError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def agents(url: str = typer.Option("http://127.0.0.1:8000/v1", help="fabric OpenAI base URL"),
+           model: str = typer.Option("tiny-llama"), n: int = typer.Option(16, "--agents", min=1),
+           steps: int = typer.Option(6, min=1), max_tokens: int = typer.Option(64, min=1),
+           report_json: Optional[Path] = typer.Option(None)) -> None:
+    """Run an agent workload against a running fabric (or any OpenAI endpoint)."""
+    from fabric.client import AgentWorkload, run_with_progress
+
+    report = run_with_progress(url, AgentWorkload(agents=n, steps=steps, max_tokens=max_tokens,
+                                                  model=model), console=console)
+    report.render(console)
+    if report_json:
+        report_json.write_text(json.dumps(report.to_dict(), indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,161 @@
+"""Bring a whole fabric up and down: local cluster (or an existing one), scheduler, endpoint.
+
+Used by the CLI and by the integration tests, so both run exactly the same path. Teardown
+is belt and braces: Ray's own shutdown first, then any process this one started that is
+still alive (raylets, workers, vLLM engine cores, HAProxy) is terminated, so nothing is
+left behind — also after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import psutil
+
+from fabric.cluster import LOCAL_IP, ClusterError, LocalCluster, connect, port_in_use
+from fabric.spec import FabricSpec
+
+
+@dataclass
+class Fabric:
+    spec: FabricSpec
+    base_url: str
+    model_source: str
+    cluster: LocalCluster | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_endpoint_port(spec: FabricSpec) -> None:
+    if port_in_use(spec.endpoint.host, spec.endpoint.port):
+        raise ClusterError(
+            f"port {spec.endpoint.port} on {spec.endpoint.host} is already in use; stop what holds "
+            f"it or choose another with --port")
+
+
+@contextlib.contextmanager
+def running_fabric(spec: FabricSpec, model: str | None = None, address: str | None = None,
+                   step: Callable[[str], None] = lambda msg: None,
+                   dashboard: bool = False) -> Iterator[Fabric]:
+    """Start (or connect to) a cluster, deploy the fabric, yield it, and tear it all down."""
+    from fabric.model import ensure_model
+
+    check_endpoint_port(spec)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    step("model")
+    model_source = ensure_model(model or spec.model.source)
+    timings["model_s"] = time.perf_counter() - t
+    cluster = None
+    try:
+        t = time.perf_counter()
+        if address:
+            step(f"connecting to {address}")
+            connect(address)
+        else:
+            step(f"starting local cluster: head + {len(spec.sites)} site raylets")
+            cluster = LocalCluster(spec, dashboard=dashboard).start()
+            connect(cluster.address, node_ip=LOCAL_IP)
+        timings["cluster_s"] = time.perf_counter() - t
+
+        from fabric.layers.distribution import deploy, warm_up
+        from fabric.layers.scheduler import start_scheduler
+
+        t = time.perf_counter()
+        step("starting scheduler")
+        start_scheduler(spec)
+        step(f"deploying {spec.model.id} on {len(spec.sites)} sites (vLLM engines start)")
+        base_url = deploy(spec, model_source)
+        step("warming up replicas")
+        warm_up(base_url, spec.model.id, requests=2 * len(spec.sites))
+        timings["deploy_s"] = time.perf_counter() - t
+        yield Fabric(spec=spec, base_url=base_url, model_source=model_source, cluster=cluster,
+                     timings=timings)
+    finally:
+        step("shutting down")
+        teardown(cluster, before, delete_only=address is not None)
+
+
+def teardown(cluster: LocalCluster | None, keep_pids: set[int], delete_only: bool = False) -> None:
+    import ray
+
+    # Ctrl-C during teardown must not leave half a cluster behind.
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        if delete_only and ray.is_initialized():
+            from ray import serve
+
+            from fabric.layers.distribution import APP_NAME
+            from fabric.layers.scheduler import NAMESPACE, SCHEDULER_NAME
+
+            with contextlib.suppress(Exception):
+                serve.delete(APP_NAME)
+            with contextlib.suppress(Exception):
+                ray.kill(ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE), no_restart=True)
+        started = [p for p in _descendants() if p.pid not in keep_pids]
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.shutdown()
+        started += [p for p in _descendants() if p.pid not in keep_pids]
+        reap(started)
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _descendants() -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process().children(recursive=True)
+    return []
+
+
+def reap(procs: list[psutil.Process], grace_s: float = 5.0) -> list[int]:
+    """Terminate, then kill, whichever of these processes are still alive. Returns the pids
+    that had to be stopped here."""
+    alive = [p for p in {p.pid: p for p in procs}.values() if _alive(p)]
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, still = psutil.wait_procs(alive, timeout=grace_s)
+    for p in still:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    return [p.pid for p in alive]
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_output(log_path: str) -> Iterator[object]:
+    """Send this process's (and its children's) stdout/stderr to ``log_path``; yield a file
+    object on the real terminal for the user-facing report."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    try:
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        yield terminal
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.dup2(saved_err, 2)
+        for fd in (saved_out, saved_err, log_fd):
+            os.close(fd)
+        terminal.close()

@@ -1,0 +1,15 @@
+"""One real fabric per test session: local multi-node Ray cluster + vLLM on CPU."""
+
+import pytest
+
+from fabric.cluster import free_port
+from fabric.runtime import running_fabric
+from fabric.spec import default_spec_path, load_spec
+
+
+@pytest.fixture(scope="session")
+def fabric():
+    spec = load_spec(default_spec_path())
+    spec.endpoint.port = free_port()
+    with running_fabric(spec) as fab:
+        yield fab
