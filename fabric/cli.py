@@ -113,6 +113,7 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
        log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes")) -> None:
     """Start a local multi-node cluster with the fabric on it and serve until Ctrl-C."""
     from fabric.runtime import quiet_output, running_fabric
+    from fabric.status import clear_run, record_run
 
     spec = _load(spec_path, port)
     _sigterm_as_interrupt()
@@ -121,8 +122,13 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
         with quiet_output(log) as terminal:
             out = Console(file=terminal, log_path=False)
             with running_fabric(spec, model=model, step=out.log, dashboard=True) as fab:
+                record_run({"address": fab.cluster.address, "base_url": fab.base_url,
+                            "regional_urls": fab.regional_urls, "pid": os.getpid(),
+                            "spec": spec.name})
                 out.print(f"[bold green]serving[/] OpenAI API at [cyan]{fab.base_url}[/] "
                           f"(model {spec.model.id}); Ray/vLLM output → {log}; Ctrl-C stops")
+                for region, url in fab.regional_urls.items():
+                    out.print(f"  region {region}: [cyan]{url}[/]")
                 while True:
                     time.sleep(3600)
     except KeyboardInterrupt:
@@ -130,6 +136,33 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
     except (ClusterError, SpecError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(1)
+    finally:
+        clear_run()
+
+
+@app.command()
+def status(address: Optional[str] = typer.Option(None, help="Ray cluster (default: the one `fabric up` started)"),
+           as_json: bool = typer.Option(False, "--json", help="machine-readable output")) -> None:
+    """Show every layer of a running fabric: sites, power, GPUs, replicas, routing."""
+    from fabric.cluster import connect
+    from fabric.status import gather, read_run, render
+
+    run = read_run() or {}
+    address = address or run.get("address")
+    if not address:
+        console.print("[red]error:[/] no running fabric found; start one with `fabric up`, "
+                      "or pass --address")
+        raise typer.Exit(1)
+    try:
+        connect(address)
+        snap = gather(run.get("base_url"), run.get("regional_urls"))
+    except ClusterError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(snap, indent=2))
+    else:
+        render(snap, console if console.is_terminal else Console(width=140))
 
 
 @app.command()

@@ -19,6 +19,11 @@ from fabric.spec import LLM_SLOT_RESOURCE, REGION_LABEL, ROLE_LABEL, SITE_LABEL,
 DATA_PATH_ENV = {
     "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # The fabric's router reads request hints (e.g. metadata.fabric_region) from the body that
+    # HAProxy forwards with its "which replica?" question; 256 KiB covers the hints when they
+    # lead the body (regional endpoints put them first).
+    "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
+    "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": str(256 * 1024),
     # Hermetic local clusters: no token file in $HOME, no usage stats phone-home.
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -90,6 +95,10 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         apply_data_path_env()
         _loopback_only()
+        # HAProxy's stats and metrics listeners have fixed default ports; give each local
+        # cluster its own so two fabrics (or a fabric and the tests) can share a machine.
+        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
         from ray.cluster_utils import Cluster
 
         head_port = free_port()
@@ -143,6 +152,9 @@ def connect(address: str, namespace: str = "fabric", node_ip: str | None = None)
 
     apply_data_path_env()
     _check_reachable(address)
+    if address.split(":")[0] in ("127.0.0.1", "localhost"):  # a loopback-only local cluster
+        _loopback_only()
+        node_ip = node_ip or LOCAL_IP
     try:
         ray.init(address=address, namespace=namespace, log_to_driver=False,
                  logging_level="ERROR", ignore_reinit_error=True,

@@ -27,6 +27,7 @@ class Fabric:
     base_url: str
     model_source: str
     cluster: LocalCluster | None = None
+    regional_urls: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -66,16 +67,23 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         from fabric.layers.distribution import deploy, warm_up
         from fabric.layers.scheduler import start_scheduler
 
+        from fabric.layers.stack import start_layers
+
         t = time.perf_counter()
+        step("starting power, site and GPU actors")
+        start_layers(spec)
         step("starting scheduler")
         start_scheduler(spec)
         step(f"deploying {spec.model.id} on {len(spec.sites)} sites (vLLM engines start)")
         base_url = deploy(spec, model_source)
+        step("deploying regional endpoints")
+        from fabric.layers.regional import deploy_regional
+        regional = deploy_regional(spec, base_url)
         step("warming up replicas")
         warm_up(base_url, spec.model.id, requests=2 * len(spec.sites))
         timings["deploy_s"] = time.perf_counter() - t
         yield Fabric(spec=spec, base_url=base_url, model_source=model_source, cluster=cluster,
-                     timings=timings)
+                     regional_urls=regional, timings=timings)
     finally:
         step("shutting down")
         teardown(cluster, before, delete_only=address is not None)
@@ -91,12 +99,12 @@ def teardown(cluster: LocalCluster | None, keep_pids: set[int], delete_only: boo
             from ray import serve
 
             from fabric.layers.distribution import APP_NAME
-            from fabric.layers.scheduler import NAMESPACE, SCHEDULER_NAME
+            from fabric.layers.stack import stop_layers
 
             with contextlib.suppress(Exception):
                 serve.delete(APP_NAME)
             with contextlib.suppress(Exception):
-                ray.kill(ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE), no_restart=True)
+                stop_layers()
         started = [p for p in _descendants() if p.pid not in keep_pids]
         with contextlib.suppress(Exception):
             ray.shutdown()

@@ -36,14 +36,100 @@ def _check_name(value: str) -> str:
     return value
 
 
-class SiteSpec(_Strict):
-    """An AI factory (AIDC). On the local cluster each site is one raylet."""
+class SeriesRef(_Strict):
+    """A time series in a CSV or Parquet file with a timestamp column (relative paths are
+    resolved against the spec file). ``column`` defaults to the format's value column."""
 
-    name: str
-    num_cpus: float = Field(4, gt=0, description="logical CPUs of the site's local raylet")
+    file: str
+    column: str | None = None
+
+
+SOURCES = ("nuclear", "hydro", "wind", "solar", "gas", "coal", "oil", "grid", "other")
+Source = Literal["nuclear", "hydro", "wind", "solar", "gas", "coal", "oil", "grid", "other"]
+
+
+class Curtailment(_Strict):
+    """A grid event: for ``duration_s`` from ``start_s`` (seconds of replay time from the
+    start of the power profile), the site's budget drops to ``budget_fraction`` of normal."""
+
+    start_s: float = Field(ge=0)
+    duration_s: float = Field(gt=0)
+    budget_fraction: float = Field(ge=0, le=1)
+
+
+class PowerProfile(_Strict):
+    budget_mw: float = Field(gt=0, description="power the site may draw from the grid (facility)")
+    price_usd_per_mwh: float | SeriesRef = 60.0
+    carbon_g_per_kwh: float | SeriesRef = Field(400.0, description="constant (>= 0) or series")
+    source_mix: dict[Source, float] | SeriesRef = Field(
+        default_factory=lambda: {"grid": 1.0},
+        description="shares by source, or a generation-mix series file")
+    curtailments: list[Curtailment] = Field(default_factory=list)
+
+    @field_validator("carbon_g_per_kwh")
+    @classmethod
+    def _carbon_nonneg(cls, v):
+        if isinstance(v, float) and v < 0:
+            raise ValueError("carbon intensity cannot be negative")
+        return v
+
+    @field_validator("source_mix")
+    @classmethod
+    def _mix_sums(cls, v):
+        if isinstance(v, dict):
+            if any(x < 0 for x in v.values()) or abs(sum(v.values()) - 1) > 0.01:
+                raise ValueError("source shares must be >= 0 and sum to 1")
+        return v
+
+    def series_refs(self) -> list[SeriesRef]:
+        return [x for x in (self.price_usd_per_mwh, self.carbon_g_per_kwh, self.source_mix)
+                if isinstance(x, SeriesRef)]
+
+
+class NodePool(_Strict):
+    """Identical GPU nodes of a site."""
+
+    name: str = "gpu"
+    gpu_type: str = Field(min_length=1, description="e.g. H100, H200, L4")
+    gpus_per_node: int = Field(8, ge=1)
+    nodes: int = Field(1, ge=1)
+    tdp_w: float = Field(gt=0, description="board power limit per GPU at full load (W)")
+    idle_w: float = Field(ge=0, description="per-GPU power when idle (W)")
+
+    @model_validator(mode="after")
+    def _idle_below_tdp(self) -> "NodePool":
+        if self.idle_w >= self.tdp_w:
+            raise ValueError(f"idle_w ({self.idle_w}) must be below tdp_w ({self.tdp_w})")
+        return self
+
+
+class LocalNode(_Strict):
+    """How a site runs on the one-machine local cluster: one raylet."""
+
+    num_cpus: float = Field(4, gt=0, description="logical CPUs of the site's raylet")
     llm_slots: int = Field(1, ge=0, description="vLLM replicas this site can host")
 
+
+class SiteSpec(_Strict):
+    """An AI factory (AIDC)."""
+
+    name: str
+    capacity_mw: float = Field(2.0, gt=0, description="IT capacity of the modular site")
+    pue: float = Field(1.2, ge=1.0, le=3.0, description="facility power / IT power")
+    power: PowerProfile = Field(default_factory=lambda: PowerProfile(budget_mw=2.5))
+    node_pools: list[NodePool] = Field(default_factory=lambda: [
+        NodePool(gpu_type="L4", gpus_per_node=1, tdp_w=72, idle_w=16)])
+    local: LocalNode = Field(default_factory=LocalNode)
+
     _name = field_validator("name")(_check_name)
+
+    @property
+    def num_cpus(self) -> float:
+        return self.local.num_cpus
+
+    @property
+    def llm_slots(self) -> int:
+        return self.local.llm_slots
 
 
 class RegionSpec(_Strict):
@@ -59,7 +145,11 @@ class ModelSpec(_Strict):
     id: str = Field("tiny-llama", min_length=1, description="the name clients put in `model`")
     source: str | None = Field(None, description="Hugging Face id or local path")
     tier: Literal["small", "large"] = "small"
+    hosting: list[str] = Field(default_factory=list,
+                               description="regions or sites hosting replicas (empty: all)")
     replicas_per_site: int = Field(1, ge=1)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int | None = Field(None, ge=1)
     max_model_len: int = Field(2048, ge=64)
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
@@ -67,6 +157,13 @@ class ModelSpec(_Strict):
 class SchedulerSpec(_Strict):
     policy: Literal["round_robin"] = "round_robin"
     tick_s: float = Field(0.5, gt=0, le=60)
+
+
+class PowerClockSpec(_Strict):
+    """Replay time for power profiles: ``start_s + speed × (wall seconds since start)``."""
+
+    speed: float = Field(1.0, gt=0, le=1e6, description="replay speed; 60 = an hour a minute")
+    start_s: float = Field(0.0, ge=0, description="where in the series the replay starts")
 
 
 class EndpointSpec(_Strict):
@@ -79,6 +176,7 @@ class FabricSpec(_Strict):
     regions: list[RegionSpec] = Field(min_length=1)
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1, max_length=1)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    power_clock: PowerClockSpec = Field(default_factory=PowerClockSpec)
     endpoint: EndpointSpec = Field(default_factory=EndpointSpec)
 
     _name = field_validator("name")(_check_name)
@@ -91,7 +189,23 @@ class FabricSpec(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} name(s): {', '.join(dupes)}")
+        known = set(regions) | set(sites)
+        for i, m in enumerate(self.models):
+            unknown = [h for h in m.hosting if h not in known]
+            if unknown:
+                raise ValueError(f"models[{i}].hosting names unknown region/site: {', '.join(unknown)}")
+            if m.max_replicas is not None and m.max_replicas < m.min_replicas:
+                raise ValueError(f"models[{i}]: max_replicas < min_replicas")
         return self
+
+    def hosting_sites(self, model: "ModelSpec") -> list[tuple[str, SiteSpec]]:
+        """(region, site) pairs that host the model's replicas: named in ``hosting`` (by
+        site or region, all when empty) and with an LLM slot."""
+        return [(r, s) for r, s in self.sites if s.llm_slots
+                and (not model.hosting or r in model.hosting or s.name in model.hosting)]
+
+    def region_of(self, site: str) -> str:
+        return next(r for r, s in self.sites if s.name == site)
 
     @property
     def sites(self) -> list[tuple[str, SiteSpec]]:
@@ -120,6 +234,19 @@ def parse_spec(data: Any, source: str = "<spec>") -> FabricSpec:
         raise SpecError("\n".join(lines)) from None
 
 
+def _resolve_series(spec: FabricSpec, base: Path, source: str) -> None:
+    """Make series paths absolute (actors read them elsewhere) and check they exist."""
+    for i, region in enumerate(spec.regions):
+        for j, site in enumerate(region.sites):
+            for ref in site.power.series_refs():
+                path = Path(ref.file)
+                path = path if path.is_absolute() else (base / path).resolve()
+                if not path.is_file():
+                    raise SpecError(f"{source}: invalid fabric spec\n  regions[{i}].sites[{j}]"
+                                    f".power: series file not found: {ref.file}")
+                ref.file = str(path)
+
+
 def load_spec(path: str | Path) -> FabricSpec:
     path = Path(path)
     if not path.is_file():
@@ -130,7 +257,9 @@ def load_spec(path: str | Path) -> FabricSpec:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a fabric spec must be a YAML mapping at the top level")
-    return parse_spec(data, str(path))
+    spec = parse_spec(data, str(path))
+    _resolve_series(spec, path.parent, str(path))
+    return spec
 
 
 def default_spec_path() -> Path:

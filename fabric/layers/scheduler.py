@@ -17,8 +17,7 @@ from fabric.scheduling.policies import RegionSignals, Snapshot, get_policy
 from fabric.scheduling.table import RoutingTable
 from fabric.spec import REGION_LABEL, ROLE_LABEL, FabricSpec
 
-SCHEDULER_NAME = "fabric:scheduler"
-NAMESPACE = "fabric"
+from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
 
 
 def snapshot_from_nodes(spec: FabricSpec, nodes: list[dict]) -> Snapshot:

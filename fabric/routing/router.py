@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from fabric.routing.pick import rank_by_table
+from fabric.routing.pick import rank_by_table, request_region
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
 
 logger = logging.getLogger("fabric.router")
@@ -46,7 +46,9 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
                               pending_request: Optional[PendingRequest] = None
                               ) -> List[List[RunningReplica]]:
         self._ensure_refresher()
-        return rank_by_table(self.table, self._wrr, candidate_replicas, replica_region)
+        args = pending_request.args if pending_request is not None else ()
+        pinned = request_region(args[0]) if args else None
+        return rank_by_table(self.table, self._wrr, candidate_replicas, replica_region, pinned)
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None or self._refresher.done():

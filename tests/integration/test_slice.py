@@ -136,3 +136,37 @@ def test_replicas_are_placed_on_their_regions_nodes(fabric):
                     if pg["state"] == "CREATED" and LLM_SLOT_RESOURCE in pg["bundles"][0]]
     assert sorted(nodes[n]["fabric/region"] for n in engine_nodes) == ["cloud", "edge"]
     assert sorted(nodes[n]["fabric/site"] for n in engine_nodes) == ["cloud-a", "edge-a"]
+
+
+def test_regional_endpoints_pin_their_region(fabric):
+    assert set(fabric.regional_urls) == {"edge", "cloud"}
+    for region, url in fabric.regional_urls.items():
+        client = openai.OpenAI(base_url=url, api_key="fabric-local", max_retries=0)
+        assert [m.id for m in client.models.list().data] == [fabric.spec.model.id]
+        for stream in (False, True, False, True):
+            raw = client.chat.completions.with_raw_response.create(
+                model=fabric.spec.model.id, messages=MSG, max_tokens=4, stream=stream)
+            assert raw.headers["x-fabric-region"] == region
+            parsed = raw.parse()
+            if stream:
+                assert any(c.choices and c.choices[0].delta.content for c in parsed)
+            else:
+                assert parsed.usage.completion_tokens >= 1
+    r = httpx.post(f"{fabric.regional_urls['edge']}/chat/completions", content=b"{nope",
+                   headers={"content-type": "application/json"}, timeout=60)
+    _assert_openai_error(r, 400)
+    r = httpx.post(f"{fabric.regional_urls['edge']}/chat/completions", timeout=60,
+                   json={"model": "tiny-llama", "messages": MSG, "max_tokens": 0})
+    _assert_openai_error(r, 400)
+
+
+def test_region_pin_on_the_global_endpoint(fabric):
+    for region in ("edge", "cloud", "edge"):
+        r = httpx.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
+            "model": "tiny-llama", "messages": MSG, "max_tokens": 4,
+            "metadata": {"fabric_region": region}})
+        assert r.status_code == 200 and r.headers["x-fabric-region"] == region
+    r = httpx.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
+        "model": "tiny-llama", "messages": MSG, "max_tokens": 4,
+        "metadata": {"fabric_region": "mars"}})
+    assert r.status_code == 503, r.text

@@ -91,3 +91,19 @@ def test_router_adopts_only_newer_tables():
     assert router.apply_table(RoutingTable(version=5, weights={"a": 1}))
     assert not router.apply_table(RoutingTable(version=4, weights={"b": 1}))
     assert router.table.weights == {"a": 1}
+
+
+def test_pinned_region_goes_there_or_nowhere():
+    from fabric.routing.pick import NoAllowedReplica, request_region
+
+    reps = replicas("edge", "cloud")
+    table = RoutingTable(version=1, weights={"edge": 0, "cloud": 1})
+    wrr = SmoothWeightedRoundRobin()
+    for _ in range(3):
+        assert [r.region for r in rank_by_table(table, wrr, reps, lambda r: r.region, "edge")[0]] == ["edge"]
+    with pytest.raises(NoAllowedReplica):
+        rank_by_table(table, wrr, reps, lambda r: r.region, "mars")
+    assert request_region(SimpleNamespace(metadata={"fabric_region": "edge"})) == "edge"
+    assert request_region(SimpleNamespace(metadata={"other": 1})) is None
+    assert request_region(SimpleNamespace(messages=[])) is None
+    assert request_region(SimpleNamespace(metadata="edge")) is None

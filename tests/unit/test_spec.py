@@ -3,13 +3,19 @@ import pytest
 from fabric.spec import FabricSpec, SpecError, default_spec_path, load_spec, parse_spec
 
 GOOD = {"regions": [{"name": "edge", "sites": [{"name": "edge-a"}]},
-                    {"name": "cloud", "sites": [{"name": "cloud-a", "num_cpus": 2}]}]}
+                    {"name": "cloud", "sites": [{"name": "cloud-a", "local": {"num_cpus": 2}}]}]}
 
 
 def test_shipped_local_spec_loads():
     spec = load_spec(default_spec_path())
     assert [r.name for r in spec.regions] == ["edge", "cloud"]
-    assert [(region, s.name) for region, s in spec.sites] == [("edge", "edge-a"), ("cloud", "cloud-a")]
+    assert [(region, s.name) for region, s in spec.sites] == [
+        ("edge", "edge-a"), ("cloud", "cloud-a"), ("cloud", "cloud-b")]
+    assert [s.name for _, s in spec.hosting_sites(spec.model)] == ["edge-a", "cloud-a"]
+    # series paths are made absolute and exist, so actors on any node can read them
+    from pathlib import Path
+    ref = spec.regions[0].sites[0].power.carbon_g_per_kwh
+    assert Path(ref.file).is_absolute() and Path(ref.file).is_file()
     assert spec.model.id == "tiny-llama" and spec.model.source is None
     assert spec.scheduler.policy == "round_robin"
 
@@ -24,7 +30,19 @@ def test_defaults_fill_in():
     (lambda d: d.pop("regions"), "regions"),
     (lambda d: d["regions"][0].update(name="Edge West"), "regions[0].name"),
     (lambda d: d["regions"][1]["sites"].append({"name": "edge-a"}), "duplicate site"),
-    (lambda d: d["regions"][0]["sites"][0].update(num_cpus=-1), "regions[0].sites[0].num_cpus"),
+    (lambda d: d["regions"][0]["sites"][0].update(local={"num_cpus": -1}), "regions[0].sites[0].local.num_cpus"),
+    (lambda d: d["regions"][0]["sites"][0].update(pue=0.9), "regions[0].sites[0].pue"),
+    (lambda d: d["regions"][0]["sites"][0].update(node_pools=[
+        {"gpu_type": "H100", "tdp_w": 700, "idle_w": 800}]), "idle_w (800.0) must be below tdp_w"),
+    (lambda d: d["regions"][0]["sites"][0].update(power={"budget_mw": 2, "source_mix": {
+        "solar": 0.5, "gas": 0.2}}), "sum to 1"),
+    (lambda d: d["regions"][0]["sites"][0].update(power={"budget_mw": 2, "curtailments": [
+        {"start_s": 0, "duration_s": 60, "budget_fraction": 1.5}]}),
+     "regions[0].sites[0].power.curtailments[0].budget_fraction"),
+    (lambda d: d["regions"][0]["sites"][0].update(power={"budget_mw": 0}), "power.budget_mw"),
+    (lambda d: d["regions"][0]["sites"][0].update(power={"budget_mw": 1, "carbon_g_per_kwh": -3}),
+     "carbon intensity cannot be negative"),
+    (lambda d: d.update(models=[{"id": "m", "hosting": ["mars"]}]), "unknown region/site: mars"),
     (lambda d: d.update(scheduler={"policy": "magic"}), "scheduler.policy"),
     (lambda d: d.update(endpoint={"port": 70000}), "endpoint.port"),
     (lambda d: d["regions"][0].update(zone="x"), "regions[0].zone"),
@@ -52,6 +70,23 @@ def test_bad_files(tmp_path):
     scalar.write_text("42\n")
     with pytest.raises(SpecError, match="mapping"):
         load_spec(scalar)
+
+
+def test_missing_series_file_names_site_and_file(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("regions:\n  - name: r\n    sites:\n      - name: a\n        power:\n"
+                   "          budget_mw: 1\n          carbon_g_per_kwh: {file: nope.csv}\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(bad)
+    assert "s.yaml" in str(err.value) and "regions[0].sites[0].power" in str(err.value)
+    assert "nope.csv" in str(err.value)
+
+
+def test_example_global_spec_is_realistic():
+    spec = load_spec(default_spec_path().parent / "example-global.yaml")
+    assert len(spec.sites) >= 4
+    assert all(2 <= s.capacity_mw <= 4 for _, s in spec.sites)
+    assert {p.gpu_type for _, s in spec.sites for p in s.node_pools} >= {"H100", "H200"}
 
 
 def test_spec_round_trips_as_json():

@@ -1,0 +1,48 @@
+"""Layer 1: one PowerGrid actor per site — budget, price, carbon, source mix, curtailments.
+
+Replays the site's power profile on a clock that can run faster than real time, and reports
+the curtailment starts and ends the replay has passed (worked out from the profile, so none
+is missed between two reads).
+"""
+
+from __future__ import annotations
+
+import ray
+
+from fabric.power.grid import GridModel, ReplayClock
+from fabric.spec import SiteSpec
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class PowerGrid:
+    def __init__(self, site_json: str, speed: float = 1.0, start_s: float = 0.0,
+                 t0: float | None = None):
+        self.site = SiteSpec.model_validate_json(site_json)
+        self.model = GridModel(self.site.power)
+        self.clock = ReplayClock(speed, start_s, t0)
+
+    def where(self) -> dict:
+        """The node this actor runs on and its labels (placement is checked, not assumed)."""
+        ctx = ray.get_runtime_context()
+        return {"node_id": ctx.get_node_id(), "labels": ctx.get_node_labels()}
+
+    def state(self) -> dict:
+        """The grid now (replay time)."""
+        return self.state_at(self.clock.offset())
+
+    def state_at(self, offset_s: float) -> dict:
+        """The grid at any replay offset, without moving the clock (for tests and what-ifs)."""
+        return {"site": self.site.name, **self.model.state(offset_s).model_dump()}
+
+    def seek(self, offset_s: float) -> dict:
+        """Move the replay clock (e.g. jump to a curtailment in a demo)."""
+        import time
+        self.clock = ReplayClock(self.clock.speed, offset_s, time.time())
+        return self.state()
+
+    def event_log(self, since_offset_s: float | None = None) -> list[dict]:
+        """Curtailment events passed since ``since_offset_s`` (default: since the replay
+        started or was last moved with ``seek``)."""
+        since = self.clock.start_s if since_offset_s is None else since_offset_s
+        return [{"site": self.site.name, **e}
+                for e in self.model.events_between(since, self.clock.offset())]

@@ -1,0 +1,100 @@
+"""`fabric status`: one view per layer, gathered from the layer actors of a running fabric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ray
+
+from fabric.layers import naming
+from fabric.model import cache_root
+
+
+def run_file() -> Path:
+    """Where `fabric up` records the running local fabric (address, endpoint)."""
+    return cache_root() / "run" / "current.json"
+
+
+def record_run(info: dict) -> None:
+    path = run_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=2))
+
+
+def clear_run() -> None:
+    run_file().unlink(missing_ok=True)
+
+
+def read_run() -> dict | None:
+    try:
+        return json.loads(run_file().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
+    """Snapshot of every layer (the caller is connected to the cluster)."""
+    from fabric.layers.stack import fabric_actor_names
+
+    names = fabric_actor_names()
+    sites = ray.get([ray.get_actor(n, namespace=naming.NAMESPACE).state.remote()
+                     for n in names if n.startswith("fabric:aidc:")], timeout=30)
+    table = None
+    if naming.SCHEDULER in names:
+        table = ray.get(ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)
+                        .routing_table.remote(), timeout=30)
+    nodes = [{"site": s["site"], "region": s["region"], **{k: r[k] for k in (
+        "node_id", "source", "power_w", "engine_utilisation", "inflight", "replicas",
+        "tokens_per_s", "requests_per_s")},
+        "gpus": r["gpus"]} for s in sites for r in s["node_readings"]]
+    regions: dict[str, dict] = {}
+    for s in sites:
+        reg = regions.setdefault(s["region"], {"region": s["region"], "sites": [], "replicas": 0,
+                                               "inflight": 0, "tokens_per_s": 0.0,
+                                               "requests_per_s": 0.0, "weight": None})
+        reg["sites"].append(s["site"])
+        reg["replicas"] += s["replicas"]
+        reg["inflight"] += sum(r["inflight"] for r in s["node_readings"])
+        reg["tokens_per_s"] += sum(r["tokens_per_s"] for r in s["node_readings"])
+        reg["requests_per_s"] += sum(r["requests_per_s"] for r in s["node_readings"])
+        if table:
+            reg["weight"] = table["weights"].get(s["region"])
+        reg["endpoint"] = (regional or {}).get(s["region"]) or endpoint
+    return {"sites": [{k: v for k, v in s.items() if k != "node_readings"} for s in sites],
+            "nodes": nodes, "regions": list(regions.values()), "routing_table": table,
+            "actors": names}
+
+
+def render(snap: dict, console) -> None:
+    from rich.table import Table
+
+    t = Table(title="L1/L2 sites (power replayed from grid data)", title_justify="left")
+    for col in ("site", "region", "budget kW", "draw kW", "headroom kW", "$/MWh", "gCO2/kWh",
+                "curtailed", "power source"):
+        t.add_column(col, justify="left" if col in ("site", "region", "power source") else "right")
+    for s in snap["sites"]:
+        t.add_row(s["site"], s["region"], f"{s['budget_w'] / 1e3:.1f}",
+                  f"{s['facility_power_w'] / 1e3:.2f}", f"{s['headroom_w'] / 1e3:.2f}",
+                  f"{s['price_usd_per_mwh']:.1f}", f"{s['carbon_g_per_kwh']:.0f}",
+                  "yes" if s["curtailed"] else "no", s["power_source"])
+    console.print(t)
+    t = Table(title="L3 nodes and GPUs", title_justify="left")
+    for col in ("site", "node", "power", "GPUs", "util", "in flight"):
+        t.add_column(col)
+    for n in snap["nodes"]:
+        t.add_row(n["site"], n["node_id"][:8], f"{n['power_w']:.0f} W source={n['source']}",
+                  f"{len(n['gpus'])}× {n['gpus'][0]['name'] if n['gpus'] else '-'}",
+                  f"{n['engine_utilisation']:.0%}", str(n["inflight"]))
+    console.print(t)
+    t = Table(title="L4–L6 regions, replicas, routing", title_justify="left")
+    for col in ("region", "sites", "replicas", "in flight", "tokens/s", "weight", "endpoint"):
+        t.add_column(col)
+    for r in snap["regions"]:
+        t.add_row(r["region"], ", ".join(r["sites"]), str(r["replicas"]), str(r["inflight"]),
+                  f"{r['tokens_per_s']:.0f}",
+                  "-" if r["weight"] is None else f"{r['weight']:.2f}", r["endpoint"] or "-")
+    console.print(t)
+    if snap["routing_table"]:
+        console.print(f"routing table v{snap['routing_table']['version']} "
+                      f"policy={snap['routing_table']['policy']}")

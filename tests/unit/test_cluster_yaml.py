@@ -1,0 +1,28 @@
+"""cluster.yaml stays a valid Ray cluster-launcher config whose site node types match the spec."""
+
+from pathlib import Path
+
+import yaml
+
+from fabric.spec import LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_yaml_is_valid_for_ray():
+    from ray.autoscaler._private.util import fillout_defaults, validate_config
+
+    validate_config(fillout_defaults(yaml.safe_load((ROOT / "cluster.yaml").read_text())))
+
+
+def test_cluster_yaml_node_types_match_example_global_spec():
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    spec = load_spec(ROOT / "deployments" / "example-global.yaml")
+    site_types = {t["labels"][SITE_LABEL]: t for t in cfg["available_node_types"].values()
+                  if SITE_LABEL in t.get("labels", {})}
+    assert set(site_types) == {s.name for _, s in spec.sites}
+    for region, site in spec.sites:
+        node_type = site_types[site.name]
+        assert node_type["labels"][REGION_LABEL] == region
+        assert node_type["resources"].get(LLM_SLOT_RESOURCE, 0) >= 1
+        assert node_type["max_workers"] == sum(p.nodes for p in site.node_pools)
