@@ -11,7 +11,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from fabric.spec import LLM_SLOT_RESOURCE, REGION_LABEL, ROLE_LABEL, SITE_LABEL, FabricSpec
+from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, ROLE_LABEL, SITE_LABEL,
+                         FabricSpec)
 
 # Ray Serve LLM's no-hop data path: HAProxy streams from the client straight to the engine's
 # own HTTP server; the request router only picks the replica. Read at import time by Ray,
@@ -69,11 +70,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def site_node_args(region: str, site, object_store_mb: int = 128) -> dict:
+def site_node_args(region, site, object_store_mb: int = 128) -> dict:
     return {
         "num_cpus": site.num_cpus,
         "resources": {LLM_SLOT_RESOURCE: site.llm_slots} if site.llm_slots else {},
-        "labels": {REGION_LABEL: region, SITE_LABEL: site.name, ROLE_LABEL: "site"},
+        "labels": {REGION_LABEL: region.name, SITE_LABEL: site.name, ROLE_LABEL: "site",
+                   EDGE_LABEL: "true" if region.edge else "false"},
         "object_store_memory": object_store_mb * 1024 * 1024,
         "node_ip_address": LOCAL_IP,
     }
@@ -111,8 +113,9 @@ class LocalCluster:
                 "object_store_memory": 256 * 1024 * 1024,
                 "node_ip_address": LOCAL_IP,
             })
-            for region, site in self.spec.sites:
-                self._cluster.add_node(**site_node_args(region, site))
+            for region in self.spec.regions:
+                for site in region.sites:
+                    self._cluster.add_node(**site_node_args(region, site))
             self._cluster.wait_for_nodes()
         except Exception as exc:
             self.shutdown()

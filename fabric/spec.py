@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 REGION_LABEL = "fabric/region"
 SITE_LABEL = "fabric/site"
+EDGE_LABEL = "fabric/edge"
 ROLE_LABEL = "fabric/role"
 LLM_SLOT_RESOURCE = "fabric_llm_slot"
 
@@ -134,6 +135,7 @@ class SiteSpec(_Strict):
 
 class RegionSpec(_Strict):
     name: str
+    edge: bool = Field(False, description="edge region: privacy=edge requests may run here only")
     sites: list[SiteSpec] = Field(min_length=1)
 
     _name = field_validator("name")(_check_name)
@@ -155,8 +157,26 @@ class ModelSpec(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    policy: Literal["round_robin"] = "round_robin"
+    policy: str = Field("fabric", description="round_robin | least_load | cheapest_energy | "
+                                              "lowest_carbon | fabric")
+    params: dict[str, float] = Field(default_factory=dict, description="the policy's parameters")
     tick_s: float = Field(0.5, gt=0, le=60)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, name: str) -> str:
+        from fabric.scheduling.policies import POLICIES
+
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+        return name
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> "SchedulerSpec":
+        from fabric.scheduling.policies import make_policy
+
+        make_policy(self.policy, **self.params)  # a bad parameter fails at load
+        return self
 
 
 class PowerClockSpec(_Strict):

@@ -15,9 +15,17 @@ APP_NAME = "fabric"
 def deploy(spec: FabricSpec, model_source: str) -> str:
     """Start Serve on the head and deploy the model app. Returns the OpenAI base URL."""
     from ray import serve
+    from ray.llm._internal.serve import constants as llm_constants
+    from ray.serve._private import constants as serve_constants
     from ray.serve.llm import build_openai_app
 
     from fabric.layers.llm import llm_config
+
+    if not (serve_constants.RAY_SERVE_ENABLE_HA_PROXY
+            and llm_constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
+            and serve_constants.RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY):
+        raise RuntimeError("Ray Serve was imported before fabric, so the no-hop data path "
+                           "(direct streaming + HAProxy) is off: import fabric first")
 
     serve.start(http_options={"host": spec.endpoint.host, "port": spec.endpoint.port},
                 proxy_location="HeadOnly")

@@ -10,7 +10,9 @@ no extra hop.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import ray
@@ -18,7 +20,9 @@ from ray import serve
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 
-from fabric.spec import LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec, ModelSpec
+from fabric.routing.pick import NoAllowedReplica, Placement, allowed, check_hints, request_hints
+from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec,
+                         ModelSpec)
 
 # Engine settings verified for vLLM on CPU (see README): small KV cache, eager mode.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {
@@ -124,18 +128,54 @@ def _usage_from_sse(chunk: bytes) -> int | None:
     return None
 
 
+def refusal(body: bytes, here: Placement) -> tuple[int, str] | None:
+    """The engine's own guard on fabric hints: (status, reason) if this replica must not
+    serve the request. Cheap for requests without hints (a byte search, no parse)."""
+    if b"fabric_" not in body:
+        return None
+    try:
+        metadata = json.loads(body).get("metadata")
+    except (ValueError, AttributeError):
+        return None  # malformed JSON: the engine answers 400 itself
+    hints = request_hints(SimpleNamespace(metadata=metadata))
+    try:
+        check_hints(hints)
+    except NoAllowedReplica as exc:
+        return 400, str(exc)
+    if allowed(here, hints):
+        return None
+    wanted = ", ".join(f"{k}={v}" for k, v in (("privacy", hints.privacy), ("region", hints.region))
+                       if v not in (None, "none"))
+    return 503, f"no capacity allowed for this request ({wanted}): no replica there can serve it now"
+
+
 class _FabricMiddleware:
-    """ASGI middleware inside the engine's own app (no extra hop): stamps the serving
-    replica's region/site on every response and meters generation load."""
+    """ASGI middleware inside the engine's own app (no extra hop): refuses requests whose
+    fabric hints this replica may not serve, stamps the serving replica's region/site on every
+    response, and meters generation load."""
 
     GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
-    def __init__(self, app, headers: list[tuple[bytes, bytes]], meter: LoadMeter):
-        self.app, self.headers, self.meter = app, headers, meter
+    def __init__(self, app, headers: list[tuple[bytes, bytes]], meter: LoadMeter,
+                 here: Placement):
+        self.app, self.headers, self.meter, self.here = app, headers, meter, here
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope.get("path", "").endswith(self.GENERATION_PATHS):
+            body, receive = await _buffer_body(receive)
+            refused = refusal(body, self.here)
+            if refused:
+                status, reason = refused
+                error = {"error": {"message": reason, "type": "ServiceUnavailableError" if status == 503
+                                   else "BadRequestError", "param": "metadata", "code": status}}
+                payload = json.dumps(error).encode()
+                await send({"type": "http.response.start", "status": status, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode())] + self.headers})
+                await send({"type": "http.response.body", "body": payload})
+                return
 
         generation = scope.get("path", "").endswith(self.GENERATION_PATHS)
         tap = TokenTap() if generation else None
@@ -158,12 +198,35 @@ class _FabricMiddleware:
                 self.meter.finish(tap.completion_tokens())
 
 
+async def _buffer_body(receive):
+    """Read the whole request body, and return it with a receive() that replays it."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"", receive
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
 class FabricLLMServer(LLMServer):
     """LLMServer that knows where it runs."""
 
     def _where(self) -> dict[str, str]:
         labels = ray.get_runtime_context().get_node_labels()
         return {"region": labels.get(REGION_LABEL, ""), "site": labels.get(SITE_LABEL, ""),
+                "edge": labels.get(EDGE_LABEL) == "true",
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     def record_replica_metadata(self) -> dict:
@@ -177,7 +240,9 @@ class FabricLLMServer(LLMServer):
         headers = [(b"x-fabric-region", where["region"].encode()),
                    (b"x-fabric-site", where["site"].encode())]
         self._meter = LoadMeter()
-        _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter)
+        here = Placement(site=where["site"], region=where["region"], edge=where["edge"])
+        _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter,
+                                     here=here)
         self._load_task = asyncio.get_running_loop().create_task(self._report_load(where))
         return app
 

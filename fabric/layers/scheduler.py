@@ -1,9 +1,11 @@
 """Layer 6: the central scheduler actor (named, detached, restartable).
 
-Each tick it reads the fabric's signals, asks the configured policy (pure code in
-``fabric.scheduling``) for a routing table, and serves that table to the request routers,
-which poll it in the background. Versions are wall-clock milliseconds, so a restarted
-scheduler's tables still supersede the ones routers hold.
+Each tick it gathers a signal snapshot from the sites' AIFactory actors (which read their
+PowerGrid and GPUMonitors), asks the configured policy (pure code in ``fabric.scheduling``)
+for a routing table, serves that table to the request routers (which poll it in the
+background), and acts back on the sites: a site shed for lack of power headroom gets its GPU
+power limits lowered to fit its budget, and restored when it is readmitted. Table versions are
+wall-clock milliseconds, so a restarted scheduler's tables still supersede the ones routers hold.
 """
 
 from __future__ import annotations
@@ -13,54 +15,119 @@ import time
 
 import ray
 
-from fabric.scheduling.policies import RegionSignals, Snapshot, get_policy
-from fabric.scheduling.table import RoutingTable
-from fabric.spec import REGION_LABEL, ROLE_LABEL, FabricSpec
-
+from fabric.layers import naming
 from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
+from fabric.scheduling.policies import make_policy
+from fabric.scheduling.signals import SiteSignals, Snapshot
+from fabric.scheduling.table import RoutingTable
+from fabric.spec import ROLE_LABEL, FabricSpec
 
 
-def snapshot_from_nodes(spec: FabricSpec, nodes: list[dict]) -> Snapshot:
-    """Regions of the spec, with how many of their LLM-slot nodes are alive."""
-    alive: dict[str, int] = {}
-    for node in nodes:
-        region = (node.get("Labels") or {}).get(REGION_LABEL)
-        if node.get("Alive") and region:
-            alive[region] = alive.get(region, 0) + 1
-    return Snapshot(regions=[RegionSignals(name=r.name, healthy_replicas=alive.get(r.name, 0))
-                             for r in spec.regions])
+def site_signals(state: dict, edge: bool, max_inflight: int) -> SiteSignals:
+    """One site's signals from its AIFactory state."""
+    nodes = state.get("node_readings", [])
+    return SiteSignals(
+        name=state["site"], region=state["region"], edge=edge, budget_w=state["budget_w"],
+        facility_w=state["facility_power_w"], price_usd_per_mwh=state["price_usd_per_mwh"],
+        carbon_g_per_kwh=max(0.0, state["carbon_g_per_kwh"]), curtailed=state["curtailed"],
+        replicas=state["replicas"], inflight=sum(n["inflight"] for n in nodes),
+        utilisation=max([n["engine_utilisation"] for n in nodes], default=0.0),
+        tokens_per_s=sum(n.get("tokens_per_s", 0.0) for n in nodes),
+        max_inflight_per_replica=max_inflight)
+
+
+def power_cap_w(site_budget_w: float, pue: float, gpus: int, idle_w: float, tdp_w: float) -> float:
+    """Per-GPU power limit that fits a site's IT share of its budget (never below idle)."""
+    return max(idle_w, min(tdp_w, site_budget_w / pue / max(1, gpus)))
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Scheduler:
     def __init__(self, spec_json: str):
         self._spec = FabricSpec.model_validate_json(spec_json)
-        self._policy = get_policy(self._spec.scheduler.policy)
+        self._policy = make_policy(self._spec.scheduler.policy, **self._spec.scheduler.params)
+        self._edge = {s.name: r.edge for r in self._spec.regions for s in r.sites}
+        self._sites = {s.name: s for _, s in self._spec.sites}
+        self._max_inflight = int(self._spec.model.engine_kwargs.get("max_num_seqs", 64))
         self._table = RoutingTable()
+        self._snapshot: Snapshot | None = None
+        self._capped: set[str] = set()
+        self._actions: list[dict] = []
         self._ticks = 0
         self._loop_task = None
 
     async def _tick_forever(self) -> None:
         while True:
-            self.tick()
-            await asyncio.sleep(self._spec.scheduler.tick_s)
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception as exc:  # a bad tick keeps the last table: fail-static
+                self._actions.append({"at": time.time(), "action": "tick_failed", "error": str(exc)})
+            await asyncio.sleep(max(0.0, self._spec.scheduler.tick_s - (time.monotonic() - started)))
 
-    def tick(self) -> dict:
-        snapshot = snapshot_from_nodes(self._spec, ray.nodes())
+    async def _snapshot_now(self) -> Snapshot:
+        refs = [ray.get_actor(naming.aidc(name), namespace=NAMESPACE).state.remote()
+                for name in self._sites]
+        states = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
+                                        timeout=max(2.0, self._spec.scheduler.tick_s * 4))
+        sites = [site_signals(st, self._edge[name], self._max_inflight)
+                 for name, st in zip(self._sites, states) if isinstance(st, dict)]
+        return Snapshot(sites=sites, tick=self._ticks)
+
+    async def tick(self) -> dict:
+        self._snapshot = await self._snapshot_now()
         version = max(int(time.time() * 1000), self._table.version + 1)
-        self._table = self._policy(snapshot, version)
+        self._table = self._policy.table(self._snapshot, version)
         self._ticks += 1
+        await self._act_on_power(self._snapshot)
         return self._table.model_dump()
+
+    async def _act_on_power(self, snap: Snapshot) -> None:
+        """Cap GPU power at sites shed for negative headroom; restore when they come back."""
+        shed = {s.name for s in snap.sites if s.headroom_w < 0 or
+                (s.name in self._capped and self._table.weights.get(s.name, 0) == 0)}
+        for name in shed - self._capped:
+            await self._set_caps(name, snap.site(name).budget_w)
+            self._capped.add(name)
+        for name in self._capped - shed:
+            await self._set_caps(name, None)
+            self._capped.discard(name)
+
+    async def _set_caps(self, site_name: str, budget_w: float | None) -> None:
+        site = self._sites[site_name]
+        pool = site.node_pools[0]
+        prefix = naming.gpu_prefix(site_name)
+        monitors = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["namespace"] == NAMESPACE and a["name"].startswith(prefix)]
+        gpus = pool.gpus_per_node * max(1, len(monitors))
+        watts = pool.tdp_w if budget_w is None else power_cap_w(budget_w, site.pue, gpus,
+                                                                pool.idle_w, pool.tdp_w)
+        results = []
+        for name in monitors:
+            mon = ray.get_actor(name, namespace=NAMESPACE)
+            for i in range(pool.gpus_per_node):
+                try:
+                    results.append(await mon.set_power_limit.remote(i, watts))
+                except Exception as exc:
+                    results.append({"index": i, "applied": False, "error": str(exc)})
+        self._actions.append({"at": time.time(), "site": site_name,
+                              "action": "restore_power_limit" if budget_w is None else "cap_power",
+                              "watts_per_gpu": round(watts, 1),
+                              "applied": sum(bool(r.get("applied")) for r in results),
+                              "gpus": len(results)})
+        self._actions = self._actions[-200:]
 
     async def routing_table(self) -> dict:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._tick_forever())
         if self._table.version == 0:
-            self.tick()
+            await self.tick()
         return self._table.model_dump()
 
     async def status(self) -> dict:
-        return {"ticks": self._ticks, "table": self._table.model_dump()}
+        return {"ticks": self._ticks, "policy": self._policy.name,
+                "table": self._table.model_dump(), "actions": self._actions[-20:],
+                "snapshot": self._snapshot.model_dump() if self._snapshot else None}
 
 
 def start_scheduler(spec: FabricSpec):

@@ -4,6 +4,9 @@ It runs where Serve already picks replicas (in direct-streaming mode, inside the
 ingress request router that HAProxy asks), so the fabric's decision adds no hop to the
 data path. The table is refreshed in the background; a routing decision never waits on
 the scheduler, and keeps using the last table if the scheduler is down (fail-static).
+Sessions (``x-session-id``) stick to one replica while its site takes traffic — the same one
+from every router instance (rendezvous hashing) — so vLLM's prefix cache already holds the
+conversation at each step.
 """
 
 from __future__ import annotations
@@ -14,14 +17,30 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from fabric.routing.pick import rank_by_table, request_region
+from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, rank_by_table,
+                                 request_hints)
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
 
 logger = logging.getLogger("fabric.router")
 
 
-def replica_region(replica: RunningReplica) -> Optional[str]:
-    return (getattr(replica, "replica_metadata", None) or {}).get("region")
+_PLACEMENTS: dict[str, Placement] = {}  # replica id -> placement (fixed for its lifetime)
+
+
+def _replica_key(replica: RunningReplica) -> str:
+    return replica.replica_id.unique_id
+
+
+def replica_placement(replica: RunningReplica) -> Placement:
+    rid = replica.replica_id.unique_id
+    placed = _PLACEMENTS.get(rid)
+    if placed is None:
+        meta = getattr(replica, "replica_metadata", None) or {}
+        if not meta:  # metadata not published yet: do not cache an empty placement
+            return Placement(site=None, region=None)
+        placed = _PLACEMENTS[rid] = Placement(site=meta.get("site"), region=meta.get("region"),
+                                              edge=bool(meta.get("edge")))
+    return placed
 
 
 class FabricRequestRouter(FIFOMixin, RequestRouter):
@@ -46,9 +65,19 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
                               pending_request: Optional[PendingRequest] = None
                               ) -> List[List[RunningReplica]]:
         self._ensure_refresher()
-        args = pending_request.args if pending_request is not None else ()
-        pinned = request_region(args[0]) if args else None
-        return rank_by_table(self.table, self._wrr, candidate_replicas, replica_region, pinned)
+        hints, session = Hints(), ""
+        if pending_request is not None:
+            if pending_request.args:
+                hints = request_hints(pending_request.args[0])
+            session = getattr(pending_request.metadata, "session_id", "") or ""
+        try:
+            return rank_by_table(self.table, self._wrr, candidate_replicas, replica_placement,
+                                 hints, session, _replica_key)
+        except NoAllowedReplica:
+            # Nowhere allowed: hand it to any engine, whose own guard answers an explicit
+            # OpenAI-style 503 saying why (a refusal here would reach the client as a bare
+            # proxy error). The guard never serves a request outside its constraints.
+            return [list(candidate_replicas)]
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None or self._refresher.done():

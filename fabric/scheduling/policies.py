@@ -1,56 +1,153 @@
 """Scheduling policies: pure functions from a signal snapshot to a routing table.
 
-No Ray import here: the live scheduler actor and offline tools call the same code.
-Policies register by name and the spec chooses one with a string.
+No Ray import here: the live scheduler actor, tests and offline tools call the same code.
+A policy registers by name (``class X(Policy, name="...")``) and the spec picks one with a
+string. Each returns weights per site; the hot path turns them into per-request picks.
+Policies may keep state between ticks (the fabric policy's hysteresis); the scheduler holds
+one instance per run.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from fabric.scheduling.signals import SiteSignals, Snapshot
 from fabric.scheduling.table import RoutingTable
 
-
-class RegionSignals(BaseModel):
-    name: str
-    healthy_replicas: int = Field(0, ge=0)
+POLICIES: dict[str, type["Policy"]] = {}
 
 
-class Snapshot(BaseModel):
-    """What the scheduler knows at one tick."""
+class Policy:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
 
-    regions: list[RegionSignals]
+    def __init_subclass__(cls, name: str, **kw):
+        super().__init_subclass__(**kw)
+        cls.name = name
+        POLICIES[name] = cls
+
+    def __init__(self, **params):
+        self.params = params
+
+    def weights(self, snapshot: Snapshot) -> dict[str, float]:
+        raise NotImplementedError
+
+    def table(self, snapshot: Snapshot, version: int) -> RoutingTable:
+        weights = self.weights(snapshot)
+        return RoutingTable(
+            version=version, policy=self.name,
+            weights={s.name: round(max(0.0, weights.get(s.name, 0.0)), 4) for s in snapshot.sites},
+            site_region={s.name: s.region for s in snapshot.sites},
+            edge_sites=sorted(s.name for s in snapshot.sites if s.edge))
 
 
-Policy = Callable[[Snapshot, int], RoutingTable]
-POLICIES: dict[str, Policy] = {}
-
-
-def register(name: str):
-    def deco(fn: Policy) -> Policy:
-        POLICIES[name] = fn
-        return fn
-    return deco
-
-
-def get_policy(name: str) -> Policy:
+def make_policy(name: str, **params) -> Policy:
     try:
-        return POLICIES[name]
+        return POLICIES[name](**params)
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
 
 
-@register("round_robin")
-def round_robin(snapshot: Snapshot, version: int) -> RoutingTable:
-    """Equal weight to every region with a healthy replica: requests alternate between regions.
+def _serving(snapshot: Snapshot) -> list[SiteSignals]:
+    return [s for s in snapshot.sites if s.replicas > 0]
 
-    A region with no healthy replica gets weight 0, so traffic never waits on a dead site.
-    If no region is healthy the table keeps every region at weight 1 (route somewhere and
-    let the engine answer) rather than refusing everything on a stale signal.
-    """
-    healthy = {r.name: 1.0 for r in snapshot.regions if r.healthy_replicas > 0}
-    weights = healthy or {r.name: 1.0 for r in snapshot.regions}
-    full = {r.name: weights.get(r.name, 0.0) for r in snapshot.regions}
-    return RoutingTable(version=version, policy="round_robin", weights=full)
+
+def _best(sites: list[SiteSignals], key) -> dict[str, float]:
+    """All weight to the site(s) with the lowest key; ties share."""
+    if not sites:
+        return {}
+    low = min(key(s) for s in sites)
+    return {s.name: 1.0 for s in sites if key(s) == low}
+
+
+class RoundRobin(Policy, name="round_robin"):
+    """Equal weight to every site with a healthy replica, whatever its power, price or load:
+    the baseline that ignores every signal but health."""
+
+    def weights(self, snapshot):
+        return {s.name: 1.0 for s in _serving(snapshot)}
+
+
+class LeastLoad(Policy, name="least_load"):
+    """Weight each serving site by its free share of batch slots (1 − load), so traffic
+    drains toward idle engines; a saturated site keeps a token weight."""
+
+    def weights(self, snapshot):
+        return {s.name: max(0.02, 1.0 - s.load) for s in _serving(snapshot)}
+
+
+class CheapestEnergy(Policy, name="cheapest_energy"):
+    """Everything to the serving site with the lowest energy price (grid price × PUE);
+    overflow spills to the others only when its replicas are full."""
+
+    def weights(self, snapshot):
+        return _best(_serving(snapshot), lambda s: s.price_usd_per_mwh)
+
+
+class LowestCarbon(Policy, name="lowest_carbon"):
+    """Everything to the serving site with the lowest grid carbon intensity right now."""
+
+    def weights(self, snapshot):
+        return _best(_serving(snapshot), lambda s: s.carbon_g_per_kwh)
+
+
+class FabricParams(BaseModel):
+    price: float = Field(1.0, ge=0, description="weight of the price score")
+    carbon: float = Field(1.0, ge=0, description="weight of the carbon score")
+    load: float = Field(1.0, ge=0, description="weight of the free-capacity score")
+    headroom: float = Field(0.5, ge=0, description="weight of the power-headroom score")
+    slo_max_load: float = Field(0.9, gt=0, description="above this load a site only keeps a floor")
+    readmit_headroom: float = Field(0.05, ge=0, description="headroom share needed to come back")
+    ramp_per_tick: float = Field(0.25, gt=0, le=1, description="max weight regained per tick")
+
+
+class Fabric(Policy, name="fabric"):
+    """Power-aware: a site with negative power headroom (curtailment, overload) gets no new
+    traffic at once; the others are scored in [0, 1] on price, carbon, free capacity and
+    headroom, combined with configurable weights. SLO guard: a site above ``slo_max_load``
+    keeps only a floor weight. Hysteresis: a site shed for power comes back only once its
+    headroom exceeds ``readmit_headroom`` of its budget, and then regains at most
+    ``ramp_per_tick`` of its weight per tick, so traffic returns gradually, without flapping."""
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.p = FabricParams(**params)
+        self.shed: set[str] = set()           # sites shed for power
+        self.ramp: dict[str, float] = {}      # site -> share of its score allowed (0..1)
+
+    def _norm(self, sites, key):
+        vals = [key(s) for s in sites]
+        lo, hi = min(vals), max(vals)
+        return {s.name: 1.0 if hi == lo else (hi - key(s)) / (hi - lo) for s in sites}
+
+    def weights(self, snapshot):
+        serving = _serving(snapshot)
+        for s in serving:
+            share = s.headroom_w / s.budget_w if s.budget_w else -1.0
+            if s.headroom_w < 0:
+                self.shed.add(s.name)
+                self.ramp[s.name] = 0.0
+            elif s.name in self.shed and share >= self.p.readmit_headroom:
+                self.shed.discard(s.name)
+        live = [s for s in serving if s.name not in self.shed]
+        if not live:
+            return {}
+        price, carbon = self._norm(live, lambda s: s.price_usd_per_mwh), self._norm(live, lambda s: s.carbon_g_per_kwh)
+        out = {}
+        total_w = self.p.price + self.p.carbon + self.p.load + self.p.headroom or 1.0
+        for s in live:
+            free = max(0.0, 1.0 - s.load)
+            head = max(0.0, min(1.0, s.headroom_w / s.budget_w)) if s.budget_w else 0.0
+            score = (self.p.price * price[s.name] + self.p.carbon * carbon[s.name]
+                     + self.p.load * free + self.p.headroom * head) / total_w
+            score = max(0.05, score)
+            if s.load > self.p.slo_max_load:
+                score = 0.05
+            ramp = min(1.0, self.ramp.get(s.name, 1.0))
+            out[s.name] = score * ramp
+            self.ramp[s.name] = min(1.0, ramp + self.p.ramp_per_tick)
+        if not any(out.values()):  # everything ramping from zero: let the first step in
+            out = {k: 0.05 for k in out}
+        return out

@@ -10,15 +10,17 @@ from pydantic import BaseModel, Field
 
 
 class RoutingTable(BaseModel):
-    """Traffic weights per region. ``version`` only grows, so stale pushes are ignored."""
+    """Traffic weights per site. ``version`` only grows, so stale tables are ignored."""
 
     version: int = Field(0, ge=0)
     policy: str = "none"
-    weights: dict[str, float] = Field(default_factory=dict, description="region -> share >= 0")
+    weights: dict[str, float] = Field(default_factory=dict, description="site -> share >= 0")
+    site_region: dict[str, str] = Field(default_factory=dict)
+    edge_sites: list[str] = Field(default_factory=list)
 
-    def allowed(self, regions: set[str]) -> dict[str, float]:
-        """The weights restricted to regions that have replicas, dropping zero weights."""
-        return {r: w for r, w in self.weights.items() if r in regions and w > 0}
+    def allowed(self, sites: set[str]) -> dict[str, float]:
+        """The weights restricted to the given sites, dropping zero weights."""
+        return {s: w for s, w in self.weights.items() if s in sites and w > 0}
 
 
 class SmoothWeightedRoundRobin:

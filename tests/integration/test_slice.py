@@ -112,15 +112,19 @@ def test_openai_client_raises_typed_errors(client):
         client.chat.completions.create(model="tiny-llama", messages=MSG, max_tokens=0)
 
 
-def test_scheduler_serves_a_round_robin_table(fabric):
+def test_scheduler_serves_a_versioned_site_table(fabric):
+    import time
+
     import ray
 
     from fabric.layers.scheduler import NAMESPACE, SCHEDULER_NAME
 
     sched = ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE)
     first = ray.get(sched.routing_table.remote())
-    assert first["policy"] == "round_robin" and first["weights"] == {"edge": 1.0, "cloud": 1.0}
-    import time
+    assert first["policy"] == "fabric"
+    assert set(first["weights"]) == {"edge-a", "cloud-a", "cloud-b"}
+    assert first["weights"]["cloud-b"] == 0  # no engine there
+    assert first["edge_sites"] == ["edge-a"]
     time.sleep(fabric.spec.scheduler.tick_s * 3)
     assert ray.get(sched.routing_table.remote())["version"] > first["version"]
 
@@ -169,4 +173,5 @@ def test_region_pin_on_the_global_endpoint(fabric):
     r = httpx.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
         "model": "tiny-llama", "messages": MSG, "max_tokens": 4,
         "metadata": {"fabric_region": "mars"}})
-    assert r.status_code == 503, r.text
+    err = _assert_openai_error(r, 503)  # refused with the reason, never served elsewhere
+    assert "region=mars" in err["message"]

@@ -3,11 +3,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from fabric.layers.scheduler import snapshot_from_nodes
-from fabric.routing.pick import rank_by_table
-from fabric.scheduling.policies import RegionSignals, Snapshot, get_policy, round_robin
+from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, rank_by_table,
+                                 request_hints)
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
-from fabric.spec import parse_spec
 
 
 def test_swrr_interleaves_by_weight():
@@ -16,7 +14,7 @@ def test_swrr_interleaves_by_weight():
     wrr = SmoothWeightedRoundRobin()
     seq = [wrr.pick({"a": 3, "b": 1}) for _ in range(8)]
     assert Counter(seq) == {"a": 6, "b": 2}
-    assert "a" in seq[:2] and seq.count("b") == 2 and seq[0] == "a"
+    assert seq[0] == "a" and "b" in seq[:4]
     assert wrr.pick({}) is None
 
 
@@ -27,60 +25,104 @@ def test_swrr_forgets_removed_keys():
     assert [wrr.pick({"a": 1}) for _ in range(3)] == ["a", "a", "a"]
 
 
-def replicas(*regions):
-    return [SimpleNamespace(id=i, region=r) for i, r in enumerate(regions)]
+SITES = {"edge-a": ("edge", True), "cloud-a": ("cloud", False), "cloud-b": ("cloud", False)}
 
 
-def test_rank_follows_table_and_offers_overflow():
-    reps = replicas("edge", "cloud", "cloud")
-    table = RoutingTable(version=1, weights={"edge": 1, "cloud": 1})
+def replicas(*sites):
+    return [SimpleNamespace(id=i, site=s) for i, s in enumerate(sites)]
+
+
+def where(r):
+    region, edge = SITES[r.site]
+    return Placement(site=r.site, region=region, edge=edge)
+
+
+def rank(table, wrr, reps, hints=Hints(), sticky=None):
+    return rank_by_table(table, wrr, reps, where, hints, sticky)
+
+
+def test_rank_follows_weights_and_offers_overflow():
+    reps = replicas("edge-a", "cloud-a", "cloud-a")
+    table = RoutingTable(version=1, weights={"edge-a": 1, "cloud-a": 1})
     wrr = SmoothWeightedRoundRobin()
-    first = rank_by_table(table, wrr, reps, lambda r: r.region)
-    second = rank_by_table(table, wrr, reps, lambda r: r.region)
-    assert {r.region for r in first[0]} != {r.region for r in second[0]}
-    assert len(first) == 2 and {r.region for r in first[1]} != {r.region for r in first[0]}
+    first, second = rank(table, wrr, reps), rank(table, wrr, reps)
+    assert {r.site for r in first[0]} != {r.site for r in second[0]}
+    assert len(first) == 2 and {r.site for r in first[1]} != {r.site for r in first[0]}
 
 
-def test_zero_weight_region_is_never_offered():
-    reps = replicas("edge", "cloud")
-    table = RoutingTable(version=1, weights={"edge": 0, "cloud": 1})
+def test_shares_follow_weights():
+    reps = replicas("edge-a", "cloud-a")
+    table = RoutingTable(version=1, weights={"edge-a": 3, "cloud-a": 1})
+    wrr = SmoothWeightedRoundRobin()
+    picks = Counter(rank(table, wrr, reps)[0][0].site for _ in range(400))
+    assert picks == {"edge-a": 300, "cloud-a": 100}
+
+
+def test_zero_weight_site_is_never_offered():
+    reps = replicas("edge-a", "cloud-a")
+    table = RoutingTable(version=1, weights={"edge-a": 0, "cloud-a": 1})
     wrr = SmoothWeightedRoundRobin()
     for _ in range(10):
-        ranks = rank_by_table(table, wrr, reps, lambda r: r.region)
-        assert [[r.region for r in rank] for rank in ranks] == [["cloud"]]
+        assert [[r.site for r in rk] for rk in rank(table, wrr, reps)] == [["cloud-a"]]
 
 
 def test_no_table_yet_means_round_robin_not_a_stall():
-    reps = replicas("edge", "cloud")
+    reps = replicas("edge-a", "cloud-a")
     wrr = SmoothWeightedRoundRobin()
-    picks = [rank_by_table(RoutingTable(), wrr, reps, lambda r: r.region)[0][0].region
-             for _ in range(6)]
-    assert Counter(picks) == {"edge": 3, "cloud": 3}
-    assert rank_by_table(RoutingTable(), wrr, [], lambda r: r.region) == []
+    picks = [rank(RoutingTable(), wrr, reps)[0][0].site for _ in range(6)]
+    assert Counter(picks) == {"edge-a": 3, "cloud-a": 3}
+    assert rank(RoutingTable(), wrr, []) == []
 
 
-def test_round_robin_policy():
-    snap = Snapshot(regions=[RegionSignals(name="edge", healthy_replicas=1),
-                             RegionSignals(name="cloud", healthy_replicas=2)])
-    table = round_robin(snap, 7)
-    assert table.version == 7 and table.weights == {"edge": 1.0, "cloud": 1.0}
-    snap.regions[0].healthy_replicas = 0
-    assert round_robin(snap, 8).weights == {"edge": 0.0, "cloud": 1.0}
-    snap.regions[1].healthy_replicas = 0
-    assert round_robin(snap, 9).weights == {"edge": 1.0, "cloud": 1.0}
-    assert get_policy("round_robin") is round_robin
-    with pytest.raises(ValueError, match="unknown policy"):
-        get_policy("nope")
+def test_privacy_edge_never_leaves_the_edge_even_when_shed():
+    reps = replicas("edge-a", "cloud-a", "cloud-b")
+    table = RoutingTable(version=1, weights={"edge-a": 0, "cloud-a": 1, "cloud-b": 1})
+    wrr = SmoothWeightedRoundRobin()
+    for _ in range(5):
+        ranks = rank(table, wrr, reps, Hints(privacy="edge"))
+        assert [[r.site for r in rk] for rk in ranks] == [["edge-a"]]
+    with pytest.raises(NoAllowedReplica, match="privacy=edge"):
+        rank(table, wrr, replicas("cloud-a"), Hints(privacy="edge"))
 
 
-def test_snapshot_counts_alive_nodes_per_region():
-    spec = parse_spec({"regions": [{"name": "edge", "sites": [{"name": "e1"}]},
-                                   {"name": "cloud", "sites": [{"name": "c1"}]}]})
-    nodes = [{"Alive": True, "Labels": {"fabric/region": "edge"}},
-             {"Alive": False, "Labels": {"fabric/region": "cloud"}},
-             {"Alive": True, "Labels": {"fabric/role": "head"}}]
-    snap = snapshot_from_nodes(spec, nodes)
-    assert [(r.name, r.healthy_replicas) for r in snap.regions] == [("edge", 1), ("cloud", 0)]
+def test_region_pin_goes_there_or_nowhere():
+    reps = replicas("edge-a", "cloud-a", "cloud-b")
+    table = RoutingTable(version=1, weights={"edge-a": 1, "cloud-a": 0, "cloud-b": 1})
+    wrr = SmoothWeightedRoundRobin()
+    for _ in range(4):
+        ranks = rank(table, wrr, reps, Hints(region="cloud"))
+        assert [[r.site for r in rk] for rk in ranks] == [["cloud-b"]]
+    with pytest.raises(NoAllowedReplica, match="region=mars"):
+        rank(table, wrr, reps, Hints(region="mars"))
+    with pytest.raises(NoAllowedReplica, match="needs fabric_region"):
+        rank(table, wrr, reps, Hints(privacy="region"))
+    with pytest.raises(NoAllowedReplica, match="fabric_privacy must be"):
+        rank(table, wrr, reps, Hints(privacy="invalid"))
+
+
+def test_sessions_stick_to_one_replica_while_its_site_takes_traffic():
+    reps = replicas("edge-a", "cloud-a", "cloud-a")
+    key = lambda r: str(r.id)  # noqa: E731
+    both = RoutingTable(version=1, weights={"edge-a": 1, "cloud-a": 1})
+    homes = {}
+    for session in (f"agent-{i}" for i in range(30)):
+        picks = {id(rank_by_table(both, SmoothWeightedRoundRobin(), reps, where, Hints(), session,
+                                  key)[0][0]) for _ in range(3)}
+        assert len(picks) == 1  # the same replica every step, from any router instance
+        homes[session] = picks.pop()
+    assert len(set(homes.values())) == 3  # sessions spread over the replicas
+    shed = RoutingTable(version=2, weights={"edge-a": 1, "cloud-a": 0})
+    for session in homes:
+        assert rank_by_table(shed, SmoothWeightedRoundRobin(), reps, where, Hints(), session,
+                             key)[0][0].site == "edge-a"
+
+
+def test_request_hints_from_body_metadata():
+    assert request_hints(SimpleNamespace(metadata={"fabric_region": "edge"})) == Hints(region="edge")
+    assert request_hints(SimpleNamespace(metadata={"fabric_privacy": "edge"})).privacy == "edge"
+    assert request_hints(SimpleNamespace(metadata={"fabric_privacy": "max"})).privacy == "invalid"
+    assert request_hints(SimpleNamespace(messages=[])) == Hints()
+    assert request_hints(SimpleNamespace(metadata="edge")) == Hints()
 
 
 def test_router_adopts_only_newer_tables():
@@ -91,19 +133,3 @@ def test_router_adopts_only_newer_tables():
     assert router.apply_table(RoutingTable(version=5, weights={"a": 1}))
     assert not router.apply_table(RoutingTable(version=4, weights={"b": 1}))
     assert router.table.weights == {"a": 1}
-
-
-def test_pinned_region_goes_there_or_nowhere():
-    from fabric.routing.pick import NoAllowedReplica, request_region
-
-    reps = replicas("edge", "cloud")
-    table = RoutingTable(version=1, weights={"edge": 0, "cloud": 1})
-    wrr = SmoothWeightedRoundRobin()
-    for _ in range(3):
-        assert [r.region for r in rank_by_table(table, wrr, reps, lambda r: r.region, "edge")[0]] == ["edge"]
-    with pytest.raises(NoAllowedReplica):
-        rank_by_table(table, wrr, reps, lambda r: r.region, "mars")
-    assert request_region(SimpleNamespace(metadata={"fabric_region": "edge"})) == "edge"
-    assert request_region(SimpleNamespace(metadata={"other": 1})) is None
-    assert request_region(SimpleNamespace(messages=[])) is None
-    assert request_region(SimpleNamespace(metadata="edge")) is None

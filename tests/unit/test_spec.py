@@ -17,7 +17,8 @@ def test_shipped_local_spec_loads():
     ref = spec.regions[0].sites[0].power.carbon_g_per_kwh
     assert Path(ref.file).is_absolute() and Path(ref.file).is_file()
     assert spec.model.id == "tiny-llama" and spec.model.source is None
-    assert spec.scheduler.policy == "round_robin"
+    assert spec.scheduler.policy == "fabric"
+    assert [r.edge for r in spec.regions] == [True, False]
 
 
 def test_defaults_fill_in():

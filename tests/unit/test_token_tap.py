@@ -46,3 +46,21 @@ def test_error_bodies_count_nothing():
     tap.start({"headers": [(b"content-type", b"application/json")]})
     tap.body(b"not json")
     assert tap.completion_tokens() == 0
+
+
+def test_engine_guard_refuses_what_this_replica_may_not_serve():
+    from fabric.layers.llm import refusal
+    from fabric.routing.pick import Placement
+
+    cloud = Placement(site="cloud-a", region="cloud", edge=False)
+    edge = Placement(site="edge-a", region="edge", edge=True)
+    plain = json.dumps({"messages": [], "metadata": {"user": "x"}}).encode()
+    private = json.dumps({"metadata": {"fabric_privacy": "edge"}, "messages": []}).encode()
+    pinned = json.dumps({"metadata": {"fabric_region": "mars"}}).encode()
+    assert refusal(plain, cloud) is None and refusal(b"{broken", cloud) is None
+    assert refusal(private, edge) is None
+    status, reason = refusal(private, cloud)
+    assert status == 503 and "privacy=edge" in reason
+    assert refusal(pinned, cloud)[0] == 503 and "region=mars" in refusal(pinned, cloud)[1]
+    bad = json.dumps({"metadata": {"fabric_privacy": "region"}}).encode()
+    assert refusal(bad, edge) == (400, "fabric_privacy=region needs fabric_region")
