@@ -61,10 +61,15 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
          agents: int = typer.Option(32, min=1, help="concurrent agents"),
          steps: int = typer.Option(8, min=1, help="chat steps per agent"),
          max_tokens: int = typer.Option(96, min=1, help="tokens per answer"),
+         power_event: bool = typer.Option(True, help="curtail a site part-way through the workload"),
          log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes"),
          report_json: Optional[Path] = typer.Option(None, help="also write the report as JSON")) -> None:
-    """Start the fabric, run an agent workload through it, print the report, shut down."""
-    from fabric.client import AgentWorkload, run_with_progress
+    """Start the fabric, run an agent workload through it (with a power event part-way), print
+    the report, shut down."""
+    import threading
+
+    from fabric.client import AgentWorkload, WorkloadReport, run_with_progress
+    from fabric.layers.power import start_curtailment
     from fabric.runtime import quiet_output, running_fabric
 
     spec = _load(spec_path, port)
@@ -88,7 +93,24 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
                             f"(deploy {fab.timings.get('deploy_s', 0):.0f} s)")
                     workload = AgentWorkload(agents=agents, steps=steps, max_tokens=max_tokens,
                                              model=spec.model.id)
-                    report = run_with_progress(fab.base_url, workload, console=out)
+                    events: list[dict] = []
+                    trigger_at = (agents * steps * 2) // 5 if power_event else -1
+
+                    def maybe_power_event(result, done: int) -> None:
+                        if done == trigger_at:
+                            at_s = result.started_s + (result.latency_s if result.ok else 0.0)
+
+                            def fire():
+                                event = start_curtailment(spec)
+                                if event:
+                                    events.append({"at_s": at_s, **event})
+                                    out.log(f"[bold yellow]power event[/]: {event['what']}")
+                            threading.Thread(target=fire, daemon=True).start()
+
+                    report = run_with_progress(fab.base_url, workload, console=out,
+                                               on_step=maybe_power_event)
+                    report = WorkloadReport(results=report.results, wall_s=report.wall_s,
+                                            events=events)
                     status.start()
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: the fabric was shut down")

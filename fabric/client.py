@@ -33,6 +33,8 @@ class AgentWorkload(BaseModel):
     max_tokens: int = Field(64, ge=1)
     model: str = "tiny-llama"
     temperature: float = Field(0.8, ge=0)
+    session_affinity: bool = Field(True, description="send x-session-id: an agent's steps "
+                                   "stay on one replica (its prefix cache)")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class StepResult:
     ttft_s: float = math.nan
     latency_s: float = math.nan
     error: str = ""
+    started_s: float = 0.0  # since the workload started
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,10 +62,16 @@ def percentile(values: list[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def _shares(results: list[StepResult], attr: str) -> dict[str, float]:
+    counts = Counter(getattr(r, attr) or "?" for r in results)
+    return {k: round(v / len(results), 3) for k, v in sorted(counts.items())} if results else {}
+
+
 @dataclass
 class WorkloadReport:
     results: list[StepResult]
     wall_s: float
+    events: list[dict] = field(default_factory=list)  # e.g. a power event: {"at_s", "what"}
     summary: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -81,11 +90,20 @@ class WorkloadReport:
             "latency_p99_ms": _ms(percentile([r.latency_s for r in ok], 99)),
             "region_share": {k: round(v / len(ok), 3) for k, v in sorted(regions.items())} if ok else {},
             "region_requests": dict(sorted(regions.items())),
+            "site_share": _shares(ok, "site"),
             "error_kinds": dict(errors),
         }
+        for event in self.events:  # traffic before and after each event, by site
+            event["site_share_before"] = _shares([r for r in ok if r.started_s < event["at_s"]], "site")
+            event["site_share_after"] = _shares([r for r in ok if r.started_s >= event["at_s"]], "site")
+        self.summary["events"] = self.events
 
     def to_dict(self) -> dict:
         return {"summary": self.summary, "steps": [asdict(r) for r in self.results]}
+
+    @staticmethod
+    def _fmt(shares: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) or "-"
 
     def render(self, console=None) -> None:
         from rich.console import Console
@@ -104,6 +122,11 @@ class WorkloadReport:
                 ("latency p50 / p99", f"{s['latency_p50_ms']} / {s['latency_p99_ms']} ms")]
         for region, share in s["region_share"].items():
             rows.append((f"region {region}", f"{s['region_requests'][region]} req ({share:.0%})"))
+        rows.append(("share per site", self._fmt(s["site_share"])))
+        for event in s["events"]:
+            rows.append((f"at {event['at_s']:.1f} s", event["what"]))
+            rows.append(("  sites before", self._fmt(event["site_share_before"])))
+            rows.append(("  sites after", self._fmt(event["site_share_after"])))
         for kind, count in s["error_kinds"].items():
             rows.append((f"error {kind}", str(count)))
         for k, v in rows:
@@ -116,15 +139,15 @@ def _ms(seconds: float) -> float | None:
 
 
 async def _agent_step(client: openai.AsyncOpenAI, wl: AgentWorkload, agent: int, step: int,
-                      messages: list[dict]) -> tuple[StepResult, str]:
-    result = StepResult(agent=agent, step=step, ok=False)
+                      messages: list[dict], t0: float) -> tuple[StepResult, str]:
     start = time.perf_counter()
+    result = StepResult(agent=agent, step=step, ok=False, started_s=round(start - t0, 4))
     text: list[str] = []
     try:
         raw = await client.chat.completions.with_raw_response.create(
             model=wl.model, messages=messages, max_tokens=wl.max_tokens, stream=True,
             temperature=wl.temperature, stream_options={"include_usage": True},
-            extra_headers={"x-fabric-agent": f"agent-{agent}"})
+            extra_headers={"x-session-id": f"agent-{agent}"} if wl.session_affinity else None)
         result.region = raw.headers.get("x-fabric-region", "")
         result.site = raw.headers.get("x-fabric-site", "")
         stream = raw.parse()
@@ -156,7 +179,7 @@ async def run_workload(base_url: str, workload: AgentWorkload, api_key: str = "f
         messages = [{"role": "system", "content": SYSTEM_PROMPT},
                     {"role": "user", "content": f"Task {i}: {TASKS[i % len(TASKS)]}"}]
         for step in range(workload.steps):
-            result, answer = await _agent_step(client, workload, i, step, messages)
+            result, answer = await _agent_step(client, workload, i, step, messages, start)
             results.append(result)
             if on_step:
                 on_step(result)
@@ -172,8 +195,10 @@ async def run_workload(base_url: str, workload: AgentWorkload, api_key: str = "f
                           wall_s=time.perf_counter() - start)
 
 
-def run_with_progress(base_url: str, workload: AgentWorkload, console=None) -> WorkloadReport:
-    """Run a workload with a live rich progress bar."""
+def run_with_progress(base_url: str, workload: AgentWorkload, console=None,
+                      on_step: Callable[[StepResult, int], None] | None = None) -> WorkloadReport:
+    """Run a workload with a live rich progress bar. ``on_step(result, steps_done)`` runs
+    after each step (the demo uses it to raise a power event part-way through)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     counts = Counter()
@@ -182,11 +207,14 @@ def run_with_progress(base_url: str, workload: AgentWorkload, console=None) -> W
                   transient=False) as progress:
         task = progress.add_task("", total=workload.agents * workload.steps)
 
-        def on_step(r: StepResult) -> None:
+        def step_done(r: StepResult) -> None:
             counts["ok" if r.ok else "err"] += 1
             counts[r.region or "?"] += r.ok
             counts["tokens"] += r.completion_tokens
             progress.update(task, advance=1, description=(
                 f"{counts['tokens']:,} tokens out, {counts['err']} errors"))
+            if on_step_outer:
+                on_step_outer(r, counts["ok"] + counts["err"])
 
-        return asyncio.run(run_workload(base_url, workload, on_step=on_step))
+        on_step_outer = on_step
+        return asyncio.run(run_workload(base_url, workload, on_step=step_done))

@@ -46,3 +46,19 @@ class PowerGrid:
         since = self.clock.start_s if since_offset_s is None else since_offset_s
         return [{"site": self.site.name, **e}
                 for e in self.model.events_between(since, self.clock.offset())]
+
+
+def start_curtailment(spec) -> dict | None:
+    """Jump the replay of the first engine-hosting site with a curtailment in its profile to
+    that curtailment's start (a demo's power event). Returns what happened, or None."""
+    from fabric.layers import naming
+
+    for region, site in spec.hosting_sites(spec.model):
+        if site.power.curtailments:
+            cut = site.power.curtailments[0]
+            grid = ray.get_actor(naming.power(site.name), namespace=naming.NAMESPACE)
+            state = ray.get(grid.seek.remote(cut.start_s), timeout=30)
+            return {"site": site.name, "region": region, "budget_w": state["budget_w"],
+                    "what": f"grid curtails {site.name} to {cut.budget_fraction:.0%} of its budget "
+                            f"({state['budget_w'] / 1e3:.1f} kW)"}
+    return None

@@ -20,7 +20,8 @@ def client(fabric):
 def test_agent_workload_is_served_by_both_regions(fabric):
     import asyncio
 
-    wl = AgentWorkload(agents=6, steps=3, max_tokens=16, model=fabric.spec.model.id)
+    wl = AgentWorkload(agents=6, steps=3, max_tokens=16, model=fabric.spec.model.id,
+                       session_affinity=False)
     report = asyncio.run(run_workload(fabric.base_url, wl))
     s = report.summary
     assert s["requests"] == 18 and s["errors"] == 0, s

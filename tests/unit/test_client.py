@@ -22,3 +22,13 @@ def test_report_summarises_results():
     assert s["ttft_p50_ms"] == 200.0 and s["latency_p99_ms"] == 698.0
     assert s["region_share"] == {"cloud": 0.5, "edge": 0.5}
     assert s["error_kinds"] == {"http 503": 1}
+
+
+def test_report_splits_traffic_around_events():
+    results = [StepResult(agent=0, step=i, ok=True, site=site, started_s=t, completion_tokens=1)
+               for i, (site, t) in enumerate([("a", 0.1), ("b", 0.2), ("a", 1.5), ("a", 1.6)])]
+    report = WorkloadReport(results=results, wall_s=2.0, events=[{"at_s": 1.0, "what": "cut b"}])
+    event = report.summary["events"][0]
+    assert event["site_share_before"] == {"a": 0.5, "b": 0.5}
+    assert event["site_share_after"] == {"a": 1.0}
+    assert report.summary["site_share"] == {"a": 0.75, "b": 0.25}
