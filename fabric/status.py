@@ -82,7 +82,7 @@ def render(snap: dict, console) -> None:
                   s["power_source"])
     console.print(t)
     t = Table(title="L3 nodes and GPUs", title_justify="left")
-    for col in ("site", "node", "power", "GPUs", "util", "in flight"):
+    for col in ("site", "node", "power", "GPUs", "util", "running+waiting"):
         t.add_column(col)
     for n in snap["nodes"]:
         t.add_row(n["site"], n["node_id"][:8], f"{n['power_w']:.0f} W source={n['source']}",
@@ -90,7 +90,7 @@ def render(snap: dict, console) -> None:
                   f"{n['engine_utilisation']:.0%}", str(n["inflight"]))
     console.print(t)
     t = Table(title="L4–L6 regions, replicas, routing", title_justify="left")
-    for col in ("region", "sites", "replicas", "in flight", "tokens/s", "weight", "endpoint"):
+    for col in ("region", "sites", "replicas", "running+waiting", "tokens/s", "weight", "endpoint"):
         t.add_column(col)
     for r in snap["regions"]:
         t.add_row(r["region"], ", ".join(r["sites"]), str(r["replicas"]), str(r["inflight"]),
