@@ -188,6 +188,37 @@ def status(address: Optional[str] = typer.Option(None, help="Ray cluster (defaul
 
 
 @app.command()
+def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (default: the user data dir)"),
+          by: str = typer.Option("tenant", help="tenant | agent_id | model | region | site"),
+          hours: Optional[float] = typer.Option(None, help="only the last N hours"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Totals from the token ledger: requests, tokens, $, J/token, gCO2 per million tokens."""
+    import datetime as dt
+
+    from rich.table import Table
+
+    from fabric.metering import default_ledger_path
+    from fabric.metering.report import GROUPS, read_usage, totals
+
+    if by not in GROUPS:
+        console.print(f"[red]error:[/] --by must be one of {', '.join(GROUPS)}")
+        raise typer.Exit(2)
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours) if hours else None
+    rows = totals(read_usage(path or default_ledger_path(), since=since), by)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"usage by {by}", title_justify="left")
+    for col in (by, "requests", "tokens in", "tokens out", "billed $", "energy $", "J/token", "gCO2/Mtok"):
+        table.add_column(col, justify="left" if col == by else "right")
+    for r in rows:
+        table.add_row(str(r[by]), str(r["requests"]), f"{r['prompt_tokens']:,}",
+                      f"{r['completion_tokens']:,}", f"{r['billed_usd']:.6f}",
+                      f"{r['energy_cost_usd']:.9f}", f"{r['j_per_token']:.4f}", f"{r['gco2_per_mtok']:.1f}")
+    Console(width=140).print(table)
+
+
+@app.command()
 def agents(url: str = typer.Option("http://127.0.0.1:8000/v1", help="fabric OpenAI base URL"),
            model: str = typer.Option("tiny-llama"), n: int = typer.Option(16, "--agents", min=1),
            steps: int = typer.Option(6, min=1), max_tokens: int = typer.Option(64, min=1),

@@ -28,6 +28,7 @@ class Fabric:
     model_source: str
     cluster: LocalCluster | None = None
     regional_urls: dict[str, str] = field(default_factory=dict)
+    ledger_path: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -72,8 +73,13 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         t = time.perf_counter()
         step("starting power, site and GPU actors")
         start_layers(spec)
-        step("starting scheduler")
+        step("starting scheduler and token ledger")
         start_scheduler(spec)
+        from fabric.metering import default_ledger_path
+        from fabric.metering.ledger import start_ledger
+        from fabric.spec import ROLE_LABEL
+        ledger_path = spec.metering.path or str(default_ledger_path())
+        start_ledger(ledger_path, {ROLE_LABEL: "head"})
         step(f"deploying {spec.model.id} on {len(spec.sites)} sites (vLLM engines start)")
         base_url = deploy(spec, model_source)
         step("deploying regional endpoints")
@@ -83,7 +89,7 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         warm_up(base_url, spec.model.id, requests=2 * len(spec.sites))
         timings["deploy_s"] = time.perf_counter() - t
         yield Fabric(spec=spec, base_url=base_url, model_source=model_source, cluster=cluster,
-                     regional_urls=regional, timings=timings)
+                     regional_urls=regional, ledger_path=ledger_path, timings=timings)
     finally:
         step("shutting down")
         teardown(cluster, before, delete_only=address is not None)
@@ -106,6 +112,11 @@ def teardown(cluster: LocalCluster | None, keep_pids: set[int], delete_only: boo
             with contextlib.suppress(Exception):
                 stop_layers()
         started = [p for p in _descendants() if p.pid not in keep_pids]
+        with contextlib.suppress(Exception):  # let engines hand over their last usage records
+            from fabric.layers.naming import NAMESPACE
+            from fabric.metering.ledger import LEDGER_NAME
+            time.sleep(1.0)
+            ray.get(ray.get_actor(LEDGER_NAME, namespace=NAMESPACE).flush.remote(), timeout=10)
         with contextlib.suppress(Exception):
             ray.shutdown()
         if cluster is not None:

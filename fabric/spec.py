@@ -153,6 +153,8 @@ class ModelSpec(_Strict):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int | None = Field(None, ge=1)
     max_model_len: int = Field(2048, ge=64)
+    price_usd_per_mtok_in: float = Field(0.0, ge=0, description="billed $ per million prompt tokens")
+    price_usd_per_mtok_out: float = Field(0.0, ge=0, description="billed $ per million completion tokens")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -186,6 +188,10 @@ class PowerClockSpec(_Strict):
     start_s: float = Field(0.0, ge=0, description="where in the series the replay starts")
 
 
+class MeteringSpec(_Strict):
+    path: str | None = Field(None, description="ledger directory (default: the user data dir)")
+
+
 class EndpointSpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -197,6 +203,7 @@ class FabricSpec(_Strict):
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1, max_length=1)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     power_clock: PowerClockSpec = Field(default_factory=PowerClockSpec)
+    metering: MeteringSpec = Field(default_factory=MeteringSpec)
     endpoint: EndpointSpec = Field(default_factory=EndpointSpec)
 
     _name = field_validator("name")(_check_name)

@@ -36,13 +36,17 @@ class GPUMonitor:
         return {"node_id": ctx.get_node_id(), "labels": ctx.get_node_labels()}
 
     def report_load(self, replica: str, utilisation: float, inflight: int,
-                    requests: int = 0, tokens_out: int = 0) -> None:
+                    requests: int = 0, tokens_out: int = 0) -> dict:
+        """Record an engine's load; answer with the node's power now (for energy metering)."""
         now = time.time()
         self._load[replica] = (utilisation, inflight, now)
         window = self._counts.setdefault(replica, [])
         window.append((now, requests, tokens_out))
         while len(window) > 2 and now - window[0][0] > RATE_WINDOW_S:
             window.pop(0)
+        util, _, _ = self._engine_load()
+        return {"power_w": round(sum(g.power_w for g in self.gpus.read(util)), 2),
+                "source": self.gpus.source, "pue": self.site.pue}
 
     def _rates(self) -> tuple[float, float, int]:
         """Requests/s and tokens/s over the last few seconds, and tokens out since start."""

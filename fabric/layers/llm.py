@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +23,7 @@ from ray import serve
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 
+from fabric.metering.records import attribute, billed_usd
 from fabric.routing.pick import NoAllowedReplica, Placement, allowed, check_hints, request_hints
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec,
                          ModelSpec)
@@ -44,6 +48,7 @@ class LoadMeter:
         self.inflight = 0
         self.requests = 0      # generation requests finished
         self.tokens_out = 0    # completion tokens they produced
+        self.records: list[dict] = []  # usage records not yet acknowledged by the ledger
         self._busy = 0.0
         self._since = self._mark = clock()
 
@@ -77,55 +82,76 @@ _EMPTY = b'"delta":{"content":""'
 
 
 class TokenTap:
-    """Counts the completion tokens of one response as its bytes pass by.
-
-    Exact where the engine reports usage (every non-streaming response; streams whose client
-    asked for ``include_usage``); otherwise one per streamed content delta, which is one decode
-    step — one token for n=1 without speculative decoding. Byte counting, no JSON parse per
-    chunk: this runs on the data path.
+    """Watches one response's bytes: status, time to first token, and the usage the engine
+    reports. Streams are made to report usage (``include_usage`` is added to the request when
+    the client did not ask); the usage event is then removed before it reaches a client that
+    did not ask for it. Without usage (an engine error mid-stream) completion tokens fall back
+    to one per content delta. Byte searches per chunk, a JSON parse only on the usage event:
+    this runs on the data path.
     """
 
     MAX_BODY = 8 * 2**20
 
-    def __init__(self) -> None:
+    def __init__(self, strip_usage: bool = False, clock=time.perf_counter) -> None:
+        self.strip_usage = strip_usage
+        self.clock = clock
+        self.status = 0
         self.streaming = False
         self.deltas = 0
-        self.usage_tokens: int | None = None
+        self.usage: dict | None = None
+        self.first_token_at: float | None = None
         self._buf = bytearray()
 
     def start(self, message: dict) -> None:
+        self.status = message.get("status", 0)
         for k, v in message.get("headers", []):
             if k.lower() == b"content-type":
                 self.streaming = v.startswith(b"text/event-stream")
 
-    def body(self, chunk: bytes) -> None:
-        if self.streaming:
-            self.deltas += chunk.count(_CONTENT) - chunk.count(_EMPTY)
-            if b'"usage":{' in chunk and b'"completion_tokens"' in chunk:
-                self.usage_tokens = _usage_from_sse(chunk)
-        elif len(self._buf) < self.MAX_BODY:
-            self._buf += chunk
+    def body(self, chunk: bytes) -> bytes:
+        """Observe a body chunk; returns the bytes to send on (the usage event may be cut)."""
+        if not self.streaming:
+            if len(self._buf) < self.MAX_BODY:
+                self._buf += chunk
+            return chunk
+        content = chunk.count(_CONTENT) - chunk.count(_EMPTY)
+        if content > 0 and self.first_token_at is None:
+            self.first_token_at = self.clock()
+        self.deltas += content
+        if b'"usage":{' in chunk:
+            kept = []
+            for event in chunk.split(b"\n\n"):
+                if event.startswith(b"data: {") and b'"usage":{' in event:
+                    try:
+                        self.usage = json.loads(event[6:]).get("usage") or self.usage
+                    except ValueError:
+                        pass
+                    if self.strip_usage and b'"choices":[]' in event:
+                        continue
+                kept.append(event)
+            chunk = b"\n\n".join(kept)
+        return chunk
+
+    def finish(self) -> None:
+        if not self.streaming and self._buf:
+            try:
+                self.usage = json.loads(self._buf).get("usage")
+            except (ValueError, AttributeError):
+                self.usage = None
+            if self.first_token_at is None:
+                self.first_token_at = self.clock()
 
     def completion_tokens(self) -> int:
-        if not self.streaming and self._buf:
-            import json
-            try:
-                return int(json.loads(self._buf).get("usage", {}).get("completion_tokens", 0))
-            except (ValueError, AttributeError, TypeError):
-                return 0
-        return self.usage_tokens if self.usage_tokens is not None else max(0, self.deltas)
+        if self.usage:
+            return int(self.usage.get("completion_tokens") or 0)
+        return max(0, self.deltas) if self.streaming else 0
 
+    def prompt_tokens(self) -> int:
+        return int((self.usage or {}).get("prompt_tokens") or 0)
 
-def _usage_from_sse(chunk: bytes) -> int | None:
-    import json
-    for line in chunk.split(b"\n"):
-        if line.startswith(b"data: {") and b'"usage":{' in line:
-            try:
-                usage = json.loads(line[6:]).get("usage") or {}
-                return int(usage.get("completion_tokens", 0))
-            except (ValueError, TypeError):
-                return None
-    return None
+    def cached_tokens(self) -> int:
+        details = (self.usage or {}).get("prompt_tokens_details") or {}
+        return int(details.get("cached_tokens") or 0)
 
 
 def refusal(body: bytes, here: Placement) -> tuple[int, str] | None:
@@ -149,53 +175,132 @@ def refusal(body: bytes, here: Placement) -> tuple[int, str] | None:
     return 503, f"no capacity allowed for this request ({wanted}): no replica there can serve it now"
 
 
+@dataclass
+class ReplicaContext:
+    """What the data path needs to know about its replica to meter a request, refreshed in
+    the background (never fetched per request)."""
+
+    where: dict
+    tier: str = ""
+    price_in: float = 0.0    # $ per million prompt tokens
+    price_out: float = 0.0   # $ per million completion tokens
+    power_w: float = 0.0     # the node's GPU power now (measured or modelled)
+    power_source: str = "model"
+    pue: float = 1.0
+    carbon_g_per_kwh: float = 0.0
+    price_usd_per_mwh: float = 0.0
+
+
+def _header(scope, name: bytes) -> str:
+    for k, v in scope.get("headers", []):
+        if k.lower() == name:
+            return v.decode("latin-1")
+    return ""
+
+
+def _with_usage_requested(body: bytes, request: dict) -> tuple[bytes, bool]:
+    """For a stream whose client did not ask for usage, ask for it (exact metering); returns
+    the body to send on and whether the usage event must be cut from the response."""
+    if not request.get("stream"):
+        return body, False
+    options = request.get("stream_options") if isinstance(request.get("stream_options"), dict) else {}
+    if options.get("include_usage"):
+        return body, False
+    request["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(request).encode(), True
+
+
 class _FabricMiddleware:
     """ASGI middleware inside the engine's own app (no extra hop): refuses requests whose
     fabric hints this replica may not serve, stamps the serving replica's region/site on every
-    response, and meters generation load."""
+    response, meters generation load, and writes one usage record per generation request."""
 
     GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
     def __init__(self, app, headers: list[tuple[bytes, bytes]], meter: LoadMeter,
-                 here: Placement):
-        self.app, self.headers, self.meter, self.here = app, headers, meter, here
+                 here: Placement, ctx: ReplicaContext):
+        self.app, self.headers, self.meter, self.here, self.ctx = app, headers, meter, here, ctx
+
+    async def _refuse(self, send, status: int, reason: str) -> None:
+        error = {"error": {"message": reason, "type": "ServiceUnavailableError" if status == 503
+                           else "BadRequestError", "param": "metadata", "code": status}}
+        payload = json.dumps(error).encode()
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode())] + self.headers})
+        await send({"type": "http.response.body", "body": payload})
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope.get("path", "").endswith(self.GENERATION_PATHS):
             return await self.app(scope, receive, send)
-        if scope.get("path", "").endswith(self.GENERATION_PATHS):
-            body, receive = await _buffer_body(receive)
-            refused = refusal(body, self.here)
-            if refused:
-                status, reason = refused
-                error = {"error": {"message": reason, "type": "ServiceUnavailableError" if status == 503
-                                   else "BadRequestError", "param": "metadata", "code": status}}
-                payload = json.dumps(error).encode()
-                await send({"type": "http.response.start", "status": status, "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode())] + self.headers})
-                await send({"type": "http.response.body", "body": payload})
-                return
+        started, wall = time.perf_counter(), time.time()
+        body, replay = await _buffer_body(receive)
+        refused = refusal(body, self.here)
+        if refused:
+            return await self._refuse(send, *refused)
+        try:
+            request = json.loads(body)
+            request = request if isinstance(request, dict) else {}
+        except ValueError:
+            request = {}
+        strip = False
+        if request:
+            new_body, strip = _with_usage_requested(body, request)
+            if strip:
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"]
+                                              if k.lower() != b"content-length"]
+                         + [(b"content-length", str(len(new_body)).encode())]}
+                replay = _replaying(new_body, receive)
+        tap = TokenTap(strip_usage=strip)
+        request_id = ""
 
-        generation = scope.get("path", "").endswith(self.GENERATION_PATHS)
-        tap = TokenTap() if generation else None
-
-        async def send_with_headers(message):
+        async def send_on(message):
+            nonlocal request_id
             if message["type"] == "http.response.start":
-                if tap:
-                    tap.start(message)
+                tap.start(message)
+                request_id = next((v.decode() for k, v in message.get("headers", [])
+                                   if k.lower() == b"x-request-id"), "")
                 message = {**message, "headers": list(message.get("headers", [])) + self.headers}
-            elif tap and message["type"] == "http.response.body":
-                tap.body(message.get("body", b""))
+            elif message["type"] == "http.response.body":
+                message = {**message, "body": tap.body(message.get("body", b""))}
             await send(message)
 
-        if generation:
-            self.meter.start()
+        inflight_at_start = self.meter.inflight + 1
+        self.meter.start()
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, replay, send_on)
         finally:
-            if generation:
-                self.meter.finish(tap.completion_tokens())
+            tap.finish()
+            concurrency = (inflight_at_start + self.meter.inflight) / 2
+            self.meter.finish(tap.completion_tokens())
+            self.meter.records.append(self._record(
+                scope, request, tap, request_id, wall, started, concurrency))
+
+    def _record(self, scope, request: dict, tap: TokenTap, request_id: str, wall: float,
+                started: float, concurrency: float) -> dict:
+        c = self.ctx
+        latency = time.perf_counter() - started
+        metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
+        energy, carbon, cost = attribute(c.power_w, latency, concurrency, c.pue,
+                                         c.carbon_g_per_kwh, c.price_usd_per_mwh)
+        prompt, completion = tap.prompt_tokens(), tap.completion_tokens()
+        return {
+            "request_id": request_id or f"fabric-{uuid.uuid4().hex}", "ts": wall,
+            "tenant": "default",
+            "agent_id": _header(scope, b"x-fabric-agent") or str(metadata.get("fabric_agent", "")),
+            "session_id": _header(scope, b"x-session-id") or str(metadata.get("fabric_session", "")),
+            "model": str(request.get("model", "")), "tier": c.tier,
+            "region": c.where["region"], "site": c.where["site"], "node": c.where["node_id"],
+            "endpoint": scope.get("path", ""), "status": tap.status,
+            "prompt_tokens": prompt, "completion_tokens": completion,
+            "cached_tokens": tap.cached_tokens(),
+            "ttft_s": round((tap.first_token_at or time.perf_counter()) - started, 6),
+            "latency_s": round(latency, 6), "energy_j": round(energy, 6),
+            "carbon_g": round(carbon, 9), "energy_cost_usd": round(cost, 12),
+            "billed_usd": round(billed_usd(prompt, completion, c.price_in, c.price_out), 12)
+            if tap.status == 200 else 0.0,
+            "power_source": c.power_source,
+        }
 
 
 async def _buffer_body(receive):
@@ -208,6 +313,12 @@ async def _buffer_body(receive):
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
+    return body, _replaying(body, receive)
+
+
+def _replaying(body: bytes, receive):
+    """A receive() that yields ``body`` once, then defers to the real one (which reports the
+    client's disconnect)."""
     sent = False
 
     async def replay():
@@ -217,7 +328,7 @@ async def _buffer_body(receive):
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return body, replay
+    return replay
 
 
 class FabricLLMServer(LLMServer):
@@ -240,29 +351,60 @@ class FabricLLMServer(LLMServer):
         headers = [(b"x-fabric-region", where["region"].encode()),
                    (b"x-fabric-site", where["site"].encode())]
         self._meter = LoadMeter()
+        self._ctx = ReplicaContext(
+            where=where, tier=os.environ.get("FABRIC_MODEL_TIER", ""),
+            price_in=float(os.environ.get("FABRIC_PRICE_IN", "0")),
+            price_out=float(os.environ.get("FABRIC_PRICE_OUT", "0")))
         here = Placement(site=where["site"], region=where["region"], edge=where["edge"])
         _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter,
-                                     here=here)
-        self._load_task = asyncio.get_running_loop().create_task(self._report_load(where))
+                                     here=here, ctx=self._ctx)
+        self._background = asyncio.get_running_loop().create_task(self._report(where))
         return app
 
-    async def _report_load(self, where: dict, period_s: float = 0.5) -> None:
-        """Push this engine's load to its node's GPUMonitor (modelled power follows it)."""
+    async def _report(self, where: dict, period_s: float = 0.5) -> None:
+        """Every half second: push this engine's load to its node's GPUMonitor (modelled power
+        follows it) and learn the node's power back; refresh the site's grid price and carbon;
+        hand usage records to the ledger, keeping them until it acknowledges."""
         from fabric.layers import naming
+        from fabric.metering.ledger import LEDGER_NAME
 
         replica = serve.get_replica_context().replica_id.unique_id
-        name = naming.gpu(where["site"], where["node_id"])
-        monitor = None
+        actors: dict[str, Any] = {}
+        names = {"monitor": naming.gpu(where["site"], where["node_id"]),
+                 "grid": naming.power(where["site"]), "ledger": LEDGER_NAME}
+
+        async def actor(key: str):
+            if key not in actors:
+                actors[key] = await asyncio.to_thread(ray.get_actor, names[key],
+                                                      namespace=naming.NAMESPACE)
+            return actors[key]
+
+        tick = 0
         while True:
             await asyncio.sleep(period_s)
+            tick += 1
+            m = self._meter
             try:
-                if monitor is None:
-                    monitor = await asyncio.to_thread(ray.get_actor, name, namespace=naming.NAMESPACE)
-                monitor.report_load.remote(replica, self._meter.take_utilisation(),
-                                           self._meter.inflight, self._meter.requests,
-                                           self._meter.tokens_out)
+                reading = await (await actor("monitor")).report_load.remote(
+                    replica, m.take_utilisation(), m.inflight, m.requests, m.tokens_out)
+                self._ctx.power_w, self._ctx.power_source = reading["power_w"], reading["source"]
+                self._ctx.pue = reading["pue"]
             except Exception:  # no monitor (yet): the engine serves on regardless
-                monitor = None
+                actors.pop("monitor", None)
+            if tick % 4 == 1:
+                try:
+                    grid = await (await actor("grid")).state.remote()
+                    self._ctx.carbon_g_per_kwh = grid["carbon_g_per_kwh"]
+                    self._ctx.price_usd_per_mwh = grid["price_usd_per_mwh"]
+                except Exception:
+                    actors.pop("grid", None)
+            if m.records:
+                batch = m.records[:5000]
+                try:
+                    await (await actor("ledger")).append.remote(batch)
+                    del m.records[:len(batch)]  # acknowledged: durable in the ledger's WAL
+                except Exception:  # ledger restarting: keep them and retry (ids dedupe)
+                    actors.pop("ledger", None)
 
 
 def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str) -> LLMConfig:
@@ -280,7 +422,9 @@ def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str) -> LLMConf
         accelerator_config={"kind": "cpu"},
         placement_group_config={"bundles": [{"CPU": 1, LLM_SLOT_RESOURCE: 1}]},
         engine_kwargs=engine_kwargs,
-        runtime_env={"env_vars": dict(CPU_ENGINE_ENV)},
+        runtime_env={"env_vars": {**CPU_ENGINE_ENV, "FABRIC_MODEL_TIER": model.tier,
+                                  "FABRIC_PRICE_IN": str(model.price_usd_per_mtok_in),
+                                  "FABRIC_PRICE_OUT": str(model.price_usd_per_mtok_out)}},
         server_cls=FabricLLMServer,
         deployment_config={
             "name": model.id,

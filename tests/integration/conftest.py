@@ -8,8 +8,9 @@ from fabric.spec import default_spec_path, load_spec
 
 
 @pytest.fixture(scope="session")
-def fabric():
+def fabric(tmp_path_factory):
     spec = load_spec(default_spec_path())
     spec.endpoint.port = free_port()
+    spec.metering.path = str(tmp_path_factory.mktemp("ledger"))
     with running_fabric(spec) as fab:
         yield fab

@@ -17,7 +17,8 @@ def test_non_streaming_reads_usage():
     body = json.dumps({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 12}}).encode()
     tap.body(body[:10])
     tap.body(body[10:])
-    assert tap.completion_tokens() == 12
+    tap.finish()
+    assert tap.completion_tokens() == 12 and tap.prompt_tokens() == 9
 
 
 def test_stream_counts_content_deltas():
@@ -33,18 +34,35 @@ def test_stream_prefers_reported_usage():
     tap = TokenTap()
     tap.start({"headers": [(b"content-type", b"text/event-stream")]})
     tap.body(sse(chunk("ab")))
-    tap.body(sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}))
-    assert tap.completion_tokens() == 2
+    usage = sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2,
+                                          "prompt_tokens_details": {"cached_tokens": 1}}})
+    assert tap.body(usage) == usage  # the client asked for it: passed on
+    assert (tap.completion_tokens(), tap.prompt_tokens(), tap.cached_tokens()) == (2, 3, 1)
+
+
+def test_usage_event_is_cut_when_the_client_did_not_ask():
+    now = [0.0]
+    tap = TokenTap(strip_usage=True, clock=lambda: now[0])
+    tap.start({"status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    now[0] = 0.25
+    first = sse(chunk("a"))
+    assert tap.body(first) == first and tap.first_token_at == 0.25
+    tail = sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}) + b"data: [DONE]\n\n"
+    out = tap.body(tail)
+    assert b"usage" not in out and out.endswith(b"data: [DONE]\n\n")
+    assert tap.completion_tokens() == 1 and tap.prompt_tokens() == 3 and tap.status == 200
 
 
 def test_error_bodies_count_nothing():
     tap = TokenTap()
     tap.start({"headers": [(b"content-type", b"application/json")]})
     tap.body(b'{"error": {"message": "bad"}}')
+    tap.finish()
     assert tap.completion_tokens() == 0
     tap = TokenTap()
     tap.start({"headers": [(b"content-type", b"application/json")]})
     tap.body(b"not json")
+    tap.finish()
     assert tap.completion_tokens() == 0
 
 

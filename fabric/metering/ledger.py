@@ -1,0 +1,50 @@
+"""The TokenLedger actor (``fabric:ledger``): receives usage records from every engine
+replica and keeps them durably (``fabric.metering.store``). Named, detached, restartable:
+after a restart it recovers its write-ahead log, and senders retry what it had not
+acknowledged, so nothing acknowledged is lost and nothing is counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+import ray
+
+from fabric.metering.store import LedgerStore
+
+LEDGER_NAME = "fabric:ledger"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class TokenLedger:
+    def __init__(self, root: str, flush_s: float = 1.0):
+        self.store = LedgerStore(root)
+        self.root = root
+        self.flush_s = flush_s
+        self.received = 0
+        self._flusher = None
+
+    async def append(self, records: list[dict]) -> int:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+        self.received += len(records)
+        return self.store.append(records)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_s)
+            self.store.flush()
+
+    async def flush(self) -> int:
+        return self.store.flush()
+
+    async def info(self) -> dict:
+        return {"root": self.root, "received": self.received}
+
+
+def start_ledger(root: str, head_label: dict):
+    from fabric.layers.naming import NAMESPACE
+
+    actor = TokenLedger.options(name=LEDGER_NAME, namespace=NAMESPACE, lifetime="detached",
+                                get_if_exists=True, label_selector=head_label).remote(root)
+    ray.get(actor.info.remote())
+    return actor

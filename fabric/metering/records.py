@@ -1,0 +1,77 @@
+"""Usage records: one per request, the unit of billing and of energy and carbon accounting.
+
+Energy attribution (per request, at the replica that served it):
+
+    energy_J  = P_node × latency / concurrency × PUE
+    carbon_g  = energy_J / 3.6e6 × carbon_g_per_kWh
+    cost_usd  = energy_J / 3.6e9 × price_usd_per_MWh
+    billed    = (prompt_tokens × price_in + completion_tokens × price_out) / 1e6
+
+P_node is the node's measured (NVML) or modelled GPU power at the time; concurrency is the mean
+number of requests the engine was running while this one ran (at least 1), so concurrent
+requests split the batch's energy; PUE lifts IT energy to facility energy. Price and carbon are
+the site's grid values at that time.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from pydantic import BaseModel, Field
+
+SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("ts", pa.timestamp("ms", tz="UTC")), ("date", pa.string()),
+    ("tenant", pa.string()), ("agent_id", pa.string()), ("session_id", pa.string()),
+    ("model", pa.string()), ("tier", pa.string()), ("region", pa.string()), ("site", pa.string()),
+    ("node", pa.string()), ("endpoint", pa.string()), ("status", pa.int32()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cached_tokens", pa.int64()),
+    ("ttft_s", pa.float64()), ("latency_s", pa.float64()), ("energy_j", pa.float64()),
+    ("carbon_g", pa.float64()), ("energy_cost_usd", pa.float64()), ("billed_usd", pa.float64()),
+    ("power_source", pa.string()),
+])
+
+
+class UsageRecord(BaseModel):
+    request_id: str
+    ts: float = Field(description="request start, seconds since the epoch (UTC)")
+    tenant: str = "default"
+    agent_id: str = ""
+    session_id: str = ""
+    model: str = ""
+    tier: str = ""
+    region: str = ""
+    site: str = ""
+    node: str = ""
+    endpoint: str = ""
+    status: int = 200
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    ttft_s: float = 0.0
+    latency_s: float = 0.0
+    energy_j: float = 0.0
+    carbon_g: float = 0.0
+    energy_cost_usd: float = 0.0
+    billed_usd: float = 0.0
+    power_source: str = "model"
+
+
+def attribute(power_w: float, latency_s: float, concurrency: float, pue: float,
+              carbon_g_per_kwh: float, price_usd_per_mwh: float) -> tuple[float, float, float]:
+    """(energy J, carbon g, energy cost $) of one request; the formula is in the module doc."""
+    energy = max(0.0, power_w) * max(0.0, latency_s) / max(1.0, concurrency) * pue
+    return energy, energy / 3.6e6 * carbon_g_per_kwh, energy / 3.6e9 * price_usd_per_mwh
+
+
+def billed_usd(prompt_tokens: int, completion_tokens: int, price_in: float, price_out: float) -> float:
+    """Billed price at per-million-token prices."""
+    return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+
+
+def to_table(records: list[dict]) -> pa.Table:
+    import datetime as dt
+
+    rows = []
+    for r in records:
+        t = dt.datetime.fromtimestamp(r["ts"], tz=dt.timezone.utc)
+        rows.append({**r, "ts": t, "date": t.strftime("%Y-%m-%d")})
+    return pa.Table.from_pylist(rows, schema=SCHEMA)

@@ -1,0 +1,48 @@
+"""`fabric usage`: totals over the ledger's Parquet dataset (pyarrow only, no Ray)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+GROUPS = ("tenant", "agent_id", "model", "region", "site")
+
+
+def read_usage(root: str | Path, since: dt.datetime | None = None,
+               until: dt.datetime | None = None) -> pa.Table:
+    path = Path(root) / "usage"
+    if not path.exists() or not any(path.glob("date=*/*.parquet")):
+        return pa.table({})
+    table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+    if since is not None:
+        table = table.filter(pc.greater_equal(table["ts"], pa.scalar(since, pa.timestamp("ms", tz="UTC"))))
+    if until is not None:
+        table = table.filter(pc.less(table["ts"], pa.scalar(until, pa.timestamp("ms", tz="UTC"))))
+    return table
+
+
+def totals(table: pa.Table, by: str = "tenant") -> list[dict]:
+    if by not in GROUPS:
+        raise ValueError(f"--by must be one of {', '.join(GROUPS)}")
+    if table.num_rows == 0:
+        return []
+    agg = table.group_by(by).aggregate([
+        ("request_id", "count"), ("prompt_tokens", "sum"), ("completion_tokens", "sum"),
+        ("billed_usd", "sum"), ("energy_cost_usd", "sum"), ("energy_j", "sum"), ("carbon_g", "sum")])
+    rows = []
+    for r in agg.to_pylist():
+        tokens = r["prompt_tokens_sum"] + r["completion_tokens_sum"]
+        out = r["completion_tokens_sum"]
+        rows.append({
+            by: r[by], "requests": r["request_id_count"], "prompt_tokens": r["prompt_tokens_sum"],
+            "completion_tokens": out, "billed_usd": round(r["billed_usd_sum"], 6),
+            "energy_cost_usd": round(r["energy_cost_usd_sum"], 9),
+            "energy_j": round(r["energy_j_sum"], 3),
+            "j_per_token": round(r["energy_j_sum"] / tokens, 6) if tokens else 0.0,
+            "gco2_per_mtok": round(r["carbon_g_sum"] / tokens * 1e6, 3) if tokens else 0.0,
+        })
+    return sorted(rows, key=lambda r: str(r[by]))
