@@ -53,7 +53,7 @@ class GPUMonitor:
         now = time.time()
         req_s = tok_s = 0.0
         total = 0
-        for replica, window in self._counts.items():
+        for window in self._counts.values():
             total += window[-1][2]
             if now - window[-1][0] > LOAD_STALE_S or len(window) < 2:
                 continue

@@ -235,14 +235,18 @@ class _FabricMiddleware:
             return await self.app(scope, receive, send)
         started, wall = time.perf_counter(), time.time()
         body, replay = await _buffer_body(receive)
-        refused = refusal(body, self.here)
-        if refused:
-            return await self._refuse(send, *refused)
         try:
             request = json.loads(body)
             request = request if isinstance(request, dict) else {}
         except ValueError:
             request = {}
+        refused = refusal(body, self.here)
+        if refused:  # refused requests are recorded too, with their status and no tokens
+            await self._refuse(send, *refused)
+            tap = TokenTap()
+            tap.status = refused[0]
+            self.meter.records.append(self._record(scope, request, tap, "", wall, started, 1.0))
+            return
         strip = False
         if request:
             new_body, strip = _with_usage_requested(body, request)
@@ -258,8 +262,9 @@ class _FabricMiddleware:
             nonlocal request_id
             if message["type"] == "http.response.start":
                 tap.start(message)
-                request_id = next((v.decode() for k, v in message.get("headers", [])
-                                   if k.lower() == b"x-request-id"), "")
+                if not _header(scope, b"x-request-id"):  # an id a client chose may repeat
+                    request_id = next((v.decode() for k, v in message.get("headers", [])
+                                       if k.lower() == b"x-request-id"), "")
                 message = {**message, "headers": list(message.get("headers", [])) + self.headers}
             elif message["type"] == "http.response.body":
                 message = {**message, "body": tap.body(message.get("body", b""))}

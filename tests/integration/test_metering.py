@@ -72,6 +72,21 @@ def test_every_request_gets_one_exact_record(fabric):
         assert r["tier"] == "small"
 
 
+def test_refused_and_client_labelled_requests_are_recorded_too(fabric):
+    session = f"refused-{uuid.uuid4().hex[:8]}"
+    headers = {"x-session-id": session, "x-request-id": "same-id-every-time"}
+    body = {"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 3}
+    codes = [httpx.post(f"{fabric.base_url}/chat/completions", json=body, headers=headers,
+                        timeout=60).status_code for _ in range(2)]
+    refused = httpx.post(f"{fabric.base_url}/chat/completions", headers=headers, timeout=60,
+                         json={**body, "metadata": {"fabric_region": "mars"}})
+    assert codes == [200, 200] and refused.status_code == 503
+    rows = records_for(fabric, session, 3)
+    assert sorted(r["status"] for r in rows) == [200, 200, 503]
+    assert len({r["request_id"] for r in rows}) == 3  # a reused client id does not merge records
+    assert [r["completion_tokens"] for r in rows if r["status"] == 503] == [0]
+
+
 def test_ledger_restart_mid_load_loses_and_duplicates_nothing(fabric):
     session = f"kill-{uuid.uuid4().hex[:8]}"
     body = {"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 24, "ignore_eos": True}

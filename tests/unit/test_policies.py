@@ -26,7 +26,8 @@ def test_registry_and_errors():
     assert set(POLICIES) == {"round_robin", "least_load", "cheapest_energy", "lowest_carbon", "fabric"}
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("nope")
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError):
         make_policy("fabric", price=-1)
 
 

@@ -37,8 +37,8 @@ def where(r):
     return Placement(site=r.site, region=region, edge=edge)
 
 
-def rank(table, wrr, reps, hints=Hints(), sticky=None):
-    return rank_by_table(table, wrr, reps, where, hints, sticky)
+def rank(table, wrr, reps, hints=None):
+    return rank_by_table(table, wrr, reps, where, hints or Hints())
 
 
 def test_rank_follows_weights_and_offers_overflow():
