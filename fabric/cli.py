@@ -222,12 +222,14 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
 def agents(url: str = typer.Option("http://127.0.0.1:8000/v1", help="fabric OpenAI base URL"),
            model: str = typer.Option("tiny-llama"), n: int = typer.Option(16, "--agents", min=1),
            steps: int = typer.Option(6, min=1), max_tokens: int = typer.Option(64, min=1),
+           api_key: str = typer.Option("fabric-local", envvar="FABRIC_API_KEY",
+                                       help="tenant API key (default: the local demo tenant's)"),
            report_json: Optional[Path] = typer.Option(None)) -> None:
     """Run an agent workload against a running fabric (or any OpenAI endpoint)."""
     from fabric.client import AgentWorkload, run_with_progress
 
     report = run_with_progress(url, AgentWorkload(agents=n, steps=steps, max_tokens=max_tokens,
-                                                  model=model), console=console)
+                                                  model=model), console=console, api_key=api_key)
     report.render(console)
     if report_json:
         report_json.write_text(json.dumps(report.to_dict(), indent=2))

@@ -196,7 +196,8 @@ async def run_workload(base_url: str, workload: AgentWorkload, api_key: str = "f
 
 
 def run_with_progress(base_url: str, workload: AgentWorkload, console=None,
-                      on_step: Callable[[StepResult, int], None] | None = None) -> WorkloadReport:
+                      on_step: Callable[[StepResult, int], None] | None = None,
+                      api_key: str = "fabric-local") -> WorkloadReport:
     """Run a workload with a live rich progress bar. ``on_step(result, steps_done)`` runs
     after each step (the demo uses it to raise a power event part-way through)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -217,4 +218,4 @@ def run_with_progress(base_url: str, workload: AgentWorkload, console=None,
                 on_step_outer(r, counts["ok"] + counts["err"])
 
         on_step_outer = on_step
-        return asyncio.run(run_workload(base_url, workload, on_step=step_done))
+        return asyncio.run(run_workload(base_url, workload, api_key=api_key, on_step=step_done))

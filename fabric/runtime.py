@@ -81,12 +81,12 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         ledger_path = spec.metering.path or str(default_ledger_path())
         start_ledger(ledger_path, {ROLE_LABEL: "head"})
         step(f"deploying {spec.model.id} on {len(spec.sites)} sites (vLLM engines start)")
-        base_url = deploy(spec, model_source)
+        base_url, internal_key = deploy(spec, model_source)
         step("deploying regional endpoints")
         from fabric.layers.regional import deploy_regional
         regional = deploy_regional(spec, base_url)
         step("warming up replicas")
-        warm_up(base_url, spec.model.id, requests=2 * len(spec.sites))
+        warm_up(base_url, spec.model.id, requests=2 * len(spec.sites), api_key=internal_key)
         timings["deploy_s"] = time.perf_counter() - t
         yield Fabric(spec=spec, base_url=base_url, model_source=model_source, cluster=cluster,
                      regional_urls=regional, ledger_path=ledger_path, timings=timings)

@@ -188,6 +188,21 @@ class PowerClockSpec(_Strict):
     start_s: float = Field(0.0, ge=0, description="where in the series the replay starts")
 
 
+class TenantSpec(_Strict):
+    """A customer of the fabric. Its API key is stored only as a SHA-256 hash:
+    ``python -c "import hashlib; print(hashlib.sha256(b'KEY').hexdigest())"``."""
+
+    name: str
+    api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    allowed_privacy: list[Literal["none", "region", "edge"]] = Field(
+        default_factory=lambda: ["none", "region", "edge"])
+    requests_per_min: float | None = Field(None, gt=0)
+    tokens_per_min: float | None = Field(None, gt=0)
+    daily_budget_usd: float | None = Field(None, ge=0)
+
+    _name = field_validator("name")(_check_name)
+
+
 class MeteringSpec(_Strict):
     path: str | None = Field(None, description="ledger directory (default: the user data dir)")
 
@@ -204,6 +219,8 @@ class FabricSpec(_Strict):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     power_clock: PowerClockSpec = Field(default_factory=PowerClockSpec)
     metering: MeteringSpec = Field(default_factory=MeteringSpec)
+    tenants: list[TenantSpec] = Field(default_factory=list,
+                                      description="empty: no API keys, every request is 'default'")
     endpoint: EndpointSpec = Field(default_factory=EndpointSpec)
 
     _name = field_validator("name")(_check_name)

@@ -24,6 +24,8 @@ from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 
 from fabric.metering.records import attribute, billed_usd
+from fabric.metering.tenants import Gatekeeper, Refusal, key_hash
+from fabric.metering.tenants import from_spec as tenant_gate
 from fabric.routing.pick import NoAllowedReplica, Placement, allowed, check_hints, request_hints
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec,
                          ModelSpec)
@@ -218,17 +220,28 @@ class _FabricMiddleware:
     GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
     def __init__(self, app, headers: list[tuple[bytes, bytes]], meter: LoadMeter,
-                 here: Placement, ctx: ReplicaContext):
+                 here: Placement, ctx: ReplicaContext, gate: Gatekeeper):
         self.app, self.headers, self.meter, self.here, self.ctx = app, headers, meter, here, ctx
+        self.gate = gate
 
-    async def _refuse(self, send, status: int, reason: str) -> None:
-        error = {"error": {"message": reason, "type": "ServiceUnavailableError" if status == 503
-                           else "BadRequestError", "param": "metadata", "code": status}}
+    ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 402: "PaymentRequiredError",
+                   403: "PermissionDeniedError", 429: "RateLimitError", 503: "ServiceUnavailableError"}
+
+    async def _refuse(self, send, status: int, reason: str, code: str | None = None,
+                      param: str | None = "metadata", retry_after: float | None = None) -> None:
+        error = {"error": {"message": reason, "type": self.ERROR_TYPES.get(status, "APIError"),
+                           "param": param, "code": code or status}}
         payload = json.dumps(error).encode()
+        extra = [(b"retry-after", str(int(retry_after)).encode())] if retry_after else []
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode())] + self.headers})
+            (b"content-length", str(len(payload)).encode())] + extra + self.headers})
         await send({"type": "http.response.body", "body": payload})
+
+    def _record_refusal(self, scope, request, status, tenant, wall, started) -> None:
+        tap = TokenTap()
+        tap.status = status
+        self.meter.records.append(self._record(scope, request, tap, "", wall, started, 1.0, tenant))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope.get("path", "").endswith(self.GENERATION_PATHS):
@@ -240,13 +253,20 @@ class _FabricMiddleware:
             request = request if isinstance(request, dict) else {}
         except ValueError:
             request = {}
+        # refused requests are recorded too, with their status and no tokens
+        tenant = self.gate.authenticate(_header(scope, b"authorization"))
+        if isinstance(tenant, Refusal):
+            await self._refuse(send, tenant.status, tenant.message, tenant.code, None)
+            return self._record_refusal(scope, request, tenant.status, "", wall, started)
         refused = refusal(body, self.here)
-        if refused:  # refused requests are recorded too, with their status and no tokens
+        if refused:
             await self._refuse(send, *refused)
-            tap = TokenTap()
-            tap.status = refused[0]
-            self.meter.records.append(self._record(scope, request, tap, "", wall, started, 1.0))
-            return
+            return self._record_refusal(scope, request, refused[0], tenant.name, wall, started)
+        metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
+        over = self.gate.admit(tenant, str(metadata.get("fabric_privacy", "none")))
+        if over:
+            await self._refuse(send, over.status, over.message, over.code, None, over.retry_after_s)
+            return self._record_refusal(scope, request, over.status, tenant.name, wall, started)
         strip = False
         if request:
             new_body, strip = _with_usage_requested(body, request)
@@ -278,11 +298,14 @@ class _FabricMiddleware:
             tap.finish()
             concurrency = (inflight_at_start + self.meter.inflight) / 2
             self.meter.finish(tap.completion_tokens())
-            self.meter.records.append(self._record(
-                scope, request, tap, request_id, wall, started, concurrency))
+            record = self._record(scope, request, tap, request_id, wall, started, concurrency,
+                                  tenant.name)
+            self.meter.records.append(record)
+            self.gate.charge(tenant, record["prompt_tokens"] + record["completion_tokens"],
+                             record["billed_usd"])
 
     def _record(self, scope, request: dict, tap: TokenTap, request_id: str, wall: float,
-                started: float, concurrency: float) -> dict:
+                started: float, concurrency: float, tenant: str) -> dict:
         c = self.ctx
         latency = time.perf_counter() - started
         metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
@@ -291,7 +314,7 @@ class _FabricMiddleware:
         prompt, completion = tap.prompt_tokens(), tap.completion_tokens()
         return {
             "request_id": request_id or f"fabric-{uuid.uuid4().hex}", "ts": wall,
-            "tenant": "default",
+            "tenant": tenant,
             "agent_id": _header(scope, b"x-fabric-agent") or str(metadata.get("fabric_agent", "")),
             "session_id": _header(scope, b"x-session-id") or str(metadata.get("fabric_session", "")),
             "model": str(request.get("model", "")), "tier": c.tier,
@@ -361,8 +384,11 @@ class FabricLLMServer(LLMServer):
             price_in=float(os.environ.get("FABRIC_PRICE_IN", "0")),
             price_out=float(os.environ.get("FABRIC_PRICE_OUT", "0")))
         here = Placement(site=where["site"], region=where["region"], edge=where["edge"])
+        gate = tenant_gate(json.loads(os.environ.get("FABRIC_TENANTS", "[]")),
+                           os.environ.get("FABRIC_INTERNAL_KEY_HASH"),
+                           share=1.0 / max(1, int(os.environ.get("FABRIC_REPLICAS", "1"))))
         _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter,
-                                     here=here, ctx=self._ctx)
+                                     here=here, ctx=self._ctx, gate=gate)
         self._background = asyncio.get_running_loop().create_task(self._report(where))
         return app
 
@@ -412,7 +438,8 @@ class FabricLLMServer(LLMServer):
                     actors.pop("ledger", None)
 
 
-def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str) -> LLMConfig:
+def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str,
+               internal_key: str = "") -> LLMConfig:
     hosts = spec.hosting_sites(model)
     if not hosts:
         raise ValueError(f"model {model.id!r}: no site with an LLM slot hosts it")
@@ -427,9 +454,13 @@ def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str) -> LLMConf
         accelerator_config={"kind": "cpu"},
         placement_group_config={"bundles": [{"CPU": 1, LLM_SLOT_RESOURCE: 1}]},
         engine_kwargs=engine_kwargs,
-        runtime_env={"env_vars": {**CPU_ENGINE_ENV, "FABRIC_MODEL_TIER": model.tier,
-                                  "FABRIC_PRICE_IN": str(model.price_usd_per_mtok_in),
-                                  "FABRIC_PRICE_OUT": str(model.price_usd_per_mtok_out)}},
+        runtime_env={"env_vars": {
+            **CPU_ENGINE_ENV, "FABRIC_MODEL_TIER": model.tier,
+            "FABRIC_PRICE_IN": str(model.price_usd_per_mtok_in),
+            "FABRIC_PRICE_OUT": str(model.price_usd_per_mtok_out),
+            "FABRIC_REPLICAS": str(num_replicas),
+            "FABRIC_TENANTS": json.dumps([t.model_dump() for t in spec.tenants]),
+            "FABRIC_INTERNAL_KEY_HASH": key_hash(internal_key) if internal_key else ""}},
         server_cls=FabricLLMServer,
         deployment_config={
             "name": model.id,

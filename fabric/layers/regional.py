@@ -63,7 +63,10 @@ class RegionalEndpoint:
         metadata = metadata if isinstance(metadata, dict) else {}
         # first in the body: the router reads it from a possibly truncated prefix
         body = {"metadata": {**metadata, "fabric_region": self.region}, **body}
-        upstream = self.client.build_request("POST", f"{self.upstream}/{path}", json=body)
+        forward = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("authorization", "x-session-id", "x-fabric-agent")}
+        upstream = self.client.build_request("POST", f"{self.upstream}/{path}", json=body,
+                                             headers=forward)
         try:
             r = await self.client.send(upstream, stream=True)
         except httpx.HTTPError as exc:

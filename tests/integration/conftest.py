@@ -1,5 +1,6 @@
 """One real fabric per test session: local multi-node Ray cluster + vLLM on CPU."""
 
+import httpx
 import pytest
 
 from fabric.cluster import free_port
@@ -14,3 +15,7 @@ def fabric(tmp_path_factory):
     spec.metering.path = str(tmp_path_factory.mktemp("ledger"))
     with running_fabric(spec) as fab:
         yield fab
+
+
+# Raw HTTP calls in the tests authenticate as the local spec's demo tenant (key "fabric-local").
+HTTP = httpx.Client(headers={"authorization": "Bearer fabric-local"}, timeout=120)

@@ -81,7 +81,7 @@ def test_modelled_gpu_power_rises_with_load(fabric):
     def load():
         body = {"model": fabric.spec.model.id, "max_tokens": 200, "ignore_eos": True,
                 "messages": [{"role": "user", "content": "load"}]}
-        with httpx.Client(timeout=120) as c:
+        with httpx.Client(timeout=120, headers={"authorization": "Bearer fabric-local"}) as c:
             for _ in range(3):
                 c.post(f"{fabric.base_url}/chat/completions", json=body)
 

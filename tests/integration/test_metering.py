@@ -7,7 +7,9 @@ import sys
 import time
 import uuid
 
-import httpx
+import httpx  # noqa: F401
+
+from conftest import HTTP
 import openai
 import pytest
 import ray
@@ -35,7 +37,7 @@ def records_for(fabric, session, expected, timeout=30):
 
 def test_every_request_gets_one_exact_record(fabric):
     session = f"meter-{uuid.uuid4().hex[:8]}"
-    client = openai.OpenAI(base_url=fabric.base_url, api_key="x", max_retries=0,
+    client = openai.OpenAI(base_url=fabric.base_url, api_key="fabric-local", max_retries=0,
                            default_headers={"x-session-id": session, "x-fabric-agent": "agent-7"})
     model = fabric.spec.model.id
     expected = []  # (prompt, completion) per request, as the client saw them
@@ -76,9 +78,9 @@ def test_refused_and_client_labelled_requests_are_recorded_too(fabric):
     session = f"refused-{uuid.uuid4().hex[:8]}"
     headers = {"x-session-id": session, "x-request-id": "same-id-every-time"}
     body = {"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 3}
-    codes = [httpx.post(f"{fabric.base_url}/chat/completions", json=body, headers=headers,
+    codes = [HTTP.post(f"{fabric.base_url}/chat/completions", json=body, headers=headers,
                         timeout=60).status_code for _ in range(2)]
-    refused = httpx.post(f"{fabric.base_url}/chat/completions", headers=headers, timeout=60,
+    refused = HTTP.post(f"{fabric.base_url}/chat/completions", headers=headers, timeout=60,
                          json={**body, "metadata": {"fabric_region": "mars"}})
     assert codes == [200, 200] and refused.status_code == 503
     rows = records_for(fabric, session, 3)
@@ -92,7 +94,7 @@ def test_ledger_restart_mid_load_loses_and_duplicates_nothing(fabric):
     body = {"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 24, "ignore_eos": True}
 
     def one(_):
-        r = httpx.post(f"{fabric.base_url}/chat/completions", json=body, timeout=120,
+        r = HTTP.post(f"{fabric.base_url}/chat/completions", json=body, timeout=120,
                        headers={"x-session-id": session})
         return r.status_code
 
@@ -119,4 +121,4 @@ def test_usage_command_reports_totals(fabric):
     assert all(row["requests"] > 0 and row["j_per_token"] > 0 for row in rows)
     human = subprocess.run([sys.executable, "-m", "fabric.cli", "usage", "--path", fabric.ledger_path],
                            capture_output=True, text=True, timeout=120)
-    assert human.returncode == 0 and "default" in human.stdout
+    assert human.returncode == 0 and "demo" in human.stdout  # the local spec's demo tenant

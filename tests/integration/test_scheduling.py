@@ -4,7 +4,9 @@ can die. Traffic here is real requests through HAProxy to vLLM; the sites' power
 import concurrent.futures as cf
 import time
 
-import httpx
+import httpx  # noqa: F401
+
+from conftest import HTTP
 import pytest
 import ray
 
@@ -19,7 +21,7 @@ def ask(fabric, metadata=None, session=None, max_tokens=4):
     if metadata:
         body = {"metadata": metadata, **body}
     headers = {"x-session-id": session} if session else {}
-    r = httpx.post(f"{fabric.base_url}/chat/completions", json=body, headers=headers, timeout=120)
+    r = HTTP.post(f"{fabric.base_url}/chat/completions", json=body, headers=headers, timeout=120)
     return r.status_code, r.headers.get("x-fabric-site")
 
 
@@ -67,7 +69,7 @@ def test_privacy_edge_requests_only_land_on_edge_sites(fabric):
     code, _ = ask(fabric, metadata={"fabric_privacy": "region"})  # no region named: refused
     assert code == 400
     # a private request and a region it may not use: refused with the reason, not rerouted
-    r = httpx.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
+    r = HTTP.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
         "metadata": {"fabric_privacy": "edge", "fabric_region": "cloud"},
         "model": fabric.spec.model.id, "messages": MSG, "max_tokens": 4})
     assert r.status_code == 503 and "privacy=edge" in r.json()["error"]["message"]

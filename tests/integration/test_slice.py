@@ -2,7 +2,9 @@
 
 import json
 
-import httpx
+import httpx  # noqa: F401
+
+from conftest import HTTP
 import openai
 import pytest
 
@@ -57,7 +59,7 @@ def test_completions_endpoint(client, fabric):
 def test_streaming_yields_chunks_and_done(fabric):
     body = {"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 8, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
-    with httpx.stream("POST", f"{fabric.base_url}/chat/completions", json=body, timeout=60) as r:
+    with HTTP.stream("POST", f"{fabric.base_url}/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-fabric-region"] in {"edge", "cloud"}
@@ -94,13 +96,13 @@ def _assert_openai_error(r: httpx.Response, status: int):
     ({"model": "tiny-llama", "messages": MSG, "max_tokens": -5}, 400, "max_tokens"),
 ])
 def test_bad_requests_get_openai_errors(fabric, body, status, needle):
-    r = httpx.post(f"{fabric.base_url}/chat/completions", json=body, timeout=60)
+    r = HTTP.post(f"{fabric.base_url}/chat/completions", json=body, timeout=60)
     err = _assert_openai_error(r, status)
     assert needle in err["message"]
 
 
 def test_malformed_json_is_400(fabric):
-    r = httpx.post(f"{fabric.base_url}/chat/completions", content=b'{"model": "tiny-llama", ',
+    r = HTTP.post(f"{fabric.base_url}/chat/completions", content=b'{"model": "tiny-llama", ',
                    headers={"content-type": "application/json"}, timeout=60)
     err = _assert_openai_error(r, 400)
     assert "JSON" in err["message"]
@@ -157,21 +159,21 @@ def test_regional_endpoints_pin_their_region(fabric):
                 assert any(c.choices and c.choices[0].delta.content for c in parsed)
             else:
                 assert parsed.usage.completion_tokens >= 1
-    r = httpx.post(f"{fabric.regional_urls['edge']}/chat/completions", content=b"{nope",
+    r = HTTP.post(f"{fabric.regional_urls['edge']}/chat/completions", content=b"{nope",
                    headers={"content-type": "application/json"}, timeout=60)
     _assert_openai_error(r, 400)
-    r = httpx.post(f"{fabric.regional_urls['edge']}/chat/completions", timeout=60,
+    r = HTTP.post(f"{fabric.regional_urls['edge']}/chat/completions", timeout=60,
                    json={"model": "tiny-llama", "messages": MSG, "max_tokens": 0})
     _assert_openai_error(r, 400)
 
 
 def test_region_pin_on_the_global_endpoint(fabric):
     for region in ("edge", "cloud", "edge"):
-        r = httpx.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
+        r = HTTP.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
             "model": "tiny-llama", "messages": MSG, "max_tokens": 4,
             "metadata": {"fabric_region": region}})
         assert r.status_code == 200 and r.headers["x-fabric-region"] == region
-    r = httpx.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
+    r = HTTP.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
         "model": "tiny-llama", "messages": MSG, "max_tokens": 4,
         "metadata": {"fabric_region": "mars"}})
     err = _assert_openai_error(r, 503)  # refused with the reason, never served elsewhere

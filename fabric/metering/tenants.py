@@ -1,0 +1,130 @@
+"""Tenants: who may use the fabric, and how much. Pure: the engine's middleware calls it.
+
+API keys are stored only as SHA-256 hashes (in the spec and in memory) and never logged.
+Limits are enforced where requests are served, in each engine replica, without a call on the
+data path: each of the model's N replicas enforces 1/N of a tenant's requests/min, tokens/min
+and daily budget (a local-share limiter). The router spreads a tenant's traffic over the
+replicas, so the fabric-wide limit holds within that share's granularity; a session pinned to
+one replica meets its share sooner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+def key_hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def from_spec(tenants: list[dict], internal_key_hash: str | None, share: float) -> "Gatekeeper":
+    """Build from the spec's tenants (as plain dicts) plus the fabric's own internal key."""
+    table = {t["api_key_sha256"]: TenantLimits(
+        name=t["name"], requests_per_min=t.get("requests_per_min"),
+        tokens_per_min=t.get("tokens_per_min"), daily_budget_usd=t.get("daily_budget_usd"),
+        allowed_privacy=tuple(t.get("allowed_privacy") or ("none", "region", "edge")))
+        for t in tenants}
+    if table and internal_key_hash:
+        table[internal_key_hash] = TenantLimits(name="fabric-internal")
+    return Gatekeeper(tenants=table, share=share)
+
+
+@dataclass
+class Refusal:
+    status: int
+    message: str
+    code: str
+    retry_after_s: float | None = None
+
+
+@dataclass
+class _Window:
+    """Requests and tokens in the current minute, and dollars in the current UTC day."""
+
+    minute: int = -1
+    requests: int = 0
+    tokens: int = 0
+    day: int = -1
+    spent_usd: float = 0.0
+
+
+@dataclass
+class TenantLimits:
+    name: str
+    requests_per_min: float | None = None
+    tokens_per_min: float | None = None
+    daily_budget_usd: float | None = None
+    allowed_privacy: tuple[str, ...] = ("none", "region", "edge")
+
+
+@dataclass
+class Gatekeeper:
+    """Authenticates a bearer key and applies one replica's share of each tenant's limits."""
+
+    tenants: dict[str, TenantLimits]  # key hash -> limits
+    share: float = 1.0                 # this replica's share of every limit (1/N)
+    clock: Callable[[], float] = time.time
+    _windows: dict[str, _Window] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        """No tenants configured: every request is the ``default`` tenant, unlimited."""
+        return not self.tenants
+
+    def authenticate(self, authorization: str) -> TenantLimits | Refusal:
+        if self.open:
+            return TenantLimits(name="default")
+        scheme, _, key = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return Refusal(401, "missing API key: send 'Authorization: Bearer <key>'", "invalid_api_key")
+        tenant = self.tenants.get(key_hash(key.strip()))
+        if tenant is None:
+            return Refusal(401, "invalid API key", "invalid_api_key")
+        return tenant
+
+    def _window(self, tenant: str) -> _Window:
+        now = self.clock()
+        w = self._windows.setdefault(tenant, _Window())
+        minute, day = int(now // 60), int(now // 86400)
+        if w.minute != minute:
+            w.minute, w.requests, w.tokens = minute, 0, 0
+        if w.day != day:
+            w.day, w.spent_usd = day, 0.0
+        return w
+
+    def _share(self, value: float | None, floor: float = 0.0) -> float | None:
+        return None if value is None else max(floor, value * self.share)
+
+    def admit(self, t: TenantLimits, privacy: str = "none") -> Refusal | None:
+        """Count one request against the tenant, or refuse it."""
+        if privacy not in t.allowed_privacy:
+            return Refusal(403, f"tenant {t.name!r} may not use privacy={privacy}", "permission_denied")
+        w = self._window(t.name)
+        retry = 60 - self.clock() % 60
+        budget = self._share(t.daily_budget_usd)
+        if budget is not None and w.spent_usd >= budget:
+            return Refusal(402, f"tenant {t.name!r} has spent its daily budget "
+                                f"(${t.daily_budget_usd:g}); it resets at 00:00 UTC",
+                           "insufficient_quota", 86400 - self.clock() % 86400)
+        rpm = self._share(t.requests_per_min, 1.0)
+        if rpm is not None and w.requests + 1 > rpm:
+            return Refusal(429, f"tenant {t.name!r} is over its limit of "
+                                f"{t.requests_per_min:g} requests/min", "rate_limit_exceeded",
+                           math.ceil(retry))
+        tpm = self._share(t.tokens_per_min, 1.0)
+        if tpm is not None and w.tokens >= tpm:
+            return Refusal(429, f"tenant {t.name!r} is over its limit of "
+                                f"{t.tokens_per_min:g} tokens/min", "rate_limit_exceeded",
+                           math.ceil(retry))
+        w.requests += 1
+        return None
+
+    def charge(self, t: TenantLimits, tokens: int, usd: float) -> None:
+        """Count what a served request used (tokens this minute, dollars today)."""
+        w = self._window(t.name)
+        w.tokens += tokens
+        w.spent_usd += usd
