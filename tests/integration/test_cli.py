@@ -72,12 +72,15 @@ class Watched:
 
 
 def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_path):
-    run = Watched("demo", "--agents", "4", "--steps", "2", "--max-tokens", "8",
+    # 12 agents: each session sticks to one of the 2 replicas, so both regions serve unless
+    # all 12 hash to one replica (p = 2 × 2^-12)
+    run = Watched("demo", "--agents", "12", "--steps", "2", "--max-tokens", "8",
                   "--port", str(free_port()), "--log-file", str(tmp_path / "demo.log"))
     rc = run.finish(timeout=600)
     out = run.output
     assert rc == 0, out
-    assert "agent workload report" in out and "8 (8 ok, 0 errors)" in out
+    assert "agent workload report" in out and "24 (24 ok, 0 errors)" in out
+    assert "power event" in out and "sites before" in out
     assert re.search(r"region cloud\s.*\d+ req", out) and re.search(r"region edge\s.*\d+ req", out)
     assert "TTFT p50" in out and "latency p50" in out
     assert len(run.seen) > 5  # it really started raylets, workers and engines
