@@ -156,16 +156,10 @@ class TokenTap:
         return int(details.get("cached_tokens") or 0)
 
 
-def refusal(body: bytes, here: Placement) -> tuple[int, str] | None:
+def refusal(request: dict, here: Placement) -> tuple[int, str] | None:
     """The engine's own guard on fabric hints: (status, reason) if this replica must not
-    serve the request. Cheap for requests without hints (a byte search, no parse)."""
-    if b"fabric_" not in body:
-        return None
-    try:
-        metadata = json.loads(body).get("metadata")
-    except (ValueError, AttributeError):
-        return None  # malformed JSON: the engine answers 400 itself
-    hints = request_hints(SimpleNamespace(metadata=metadata))
+    serve the request (already parsed; {} for malformed JSON, which the engine answers)."""
+    hints = request_hints(SimpleNamespace(metadata=request.get("metadata")))
     try:
         check_hints(hints)
     except NoAllowedReplica as exc:
@@ -258,7 +252,7 @@ class _FabricMiddleware:
         if isinstance(tenant, Refusal):
             await self._refuse(send, tenant.status, tenant.message, tenant.code, None)
             return self._record_refusal(scope, request, tenant.status, "", wall, started)
-        refused = refusal(body, self.here)
+        refused = refusal(request, self.here)
         if refused:
             await self._refuse(send, *refused)
             return self._record_refusal(scope, request, refused[0], tenant.name, wall, started)

@@ -72,13 +72,13 @@ def test_engine_guard_refuses_what_this_replica_may_not_serve():
 
     cloud = Placement(site="cloud-a", region="cloud", edge=False)
     edge = Placement(site="edge-a", region="edge", edge=True)
-    plain = json.dumps({"messages": [], "metadata": {"user": "x"}}).encode()
-    private = json.dumps({"metadata": {"fabric_privacy": "edge"}, "messages": []}).encode()
-    pinned = json.dumps({"metadata": {"fabric_region": "mars"}}).encode()
-    assert refusal(plain, cloud) is None and refusal(b"{broken", cloud) is None
+    plain = {"messages": [], "metadata": {"user": "x"}}
+    private = {"metadata": {"fabric_privacy": "edge"}, "messages": []}
+    pinned = {"metadata": {"fabric_region": "mars"}}
+    assert refusal(plain, cloud) is None and refusal({}, cloud) is None
     assert refusal(private, edge) is None
     status, reason = refusal(private, cloud)
     assert status == 503 and "privacy=edge" in reason
     assert refusal(pinned, cloud)[0] == 503 and "region=mars" in refusal(pinned, cloud)[1]
-    bad = json.dumps({"metadata": {"fabric_privacy": "region"}}).encode()
+    bad = {"metadata": {"fabric_privacy": "region"}}
     assert refusal(bad, edge) == (400, "fabric_privacy=region needs fabric_region")
