@@ -218,14 +218,70 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
     Console(width=140).print(table)
 
 
-@app.command()
-def agents(url: str = typer.Option("http://127.0.0.1:8000/v1", help="fabric OpenAI base URL"),
-           model: str = typer.Option("tiny-llama"), n: int = typer.Option(16, "--agents", min=1),
-           steps: int = typer.Option(6, min=1), max_tokens: int = typer.Option(64, min=1),
-           api_key: str = typer.Option("fabric-local", envvar="FABRIC_API_KEY",
-                                       help="tenant API key (default: the local demo tenant's)"),
-           report_json: Optional[Path] = typer.Option(None)) -> None:
-    """Run an agent workload against a running fabric (or any OpenAI endpoint)."""
+agents_app = typer.Typer(no_args_is_help=True, help="Agent workloads: swarms inside the cluster, or a client here.")
+app.add_typer(agents_app, name="agents")
+
+
+@agents_app.command("list")
+def agents_list() -> None:
+    """The example workloads (examples/workloads/*.yaml)."""
+    from fabric.agents import list_workloads
+
+    for w in list_workloads():
+        console.print(f"[bold]{w.name}[/]  {w.description}")
+
+
+@agents_app.command("run")
+def agents_run(workload: str = typer.Argument(..., help="workload name (see `fabric agents list`) or YAML file"),
+               n: int = typer.Option(16, "--agents", min=1, help="agents in all, over every swarm"),
+               duration: Optional[float] = typer.Option(None, min=1, help="seconds; stops starting new steps after"),
+               swarms: Optional[int] = typer.Option(None, min=1, help="swarm actors (default: one per node)"),
+               url: Optional[str] = typer.Option(None, help="fabric OpenAI base URL as seen from the nodes "
+                                                 "(default: the running fabric's)"),
+               address: Optional[str] = typer.Option(None, help="Ray cluster (default: the one `fabric up` started)"),
+               api_key: str = typer.Option("fabric-local", envvar="FABRIC_API_KEY",
+                                           help="tenant API key (default: the local demo tenant's)"),
+               seed: int = typer.Option(0),
+               report_json: Optional[Path] = typer.Option(None)) -> None:
+    """Run a workload as agent swarms (Ray actors) inside the fabric's cluster; every token metered."""
+    from fabric.agents import load_workload
+    from fabric.agents.runner import run as run_swarm
+    from fabric.cluster import connect
+    from fabric.status import read_run
+
+    try:
+        wl = load_workload(workload)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    info = read_run() or {}
+    address = address or info.get("address")
+    url = url or info.get("base_url")
+    if not address or not url:
+        console.print("[red]error:[/] no running fabric found; start one with `fabric up`, "
+                      "or pass --address and --url")
+        raise typer.Exit(1)
+    _sigterm_as_interrupt()
+    try:
+        connect(address)
+        report = run_swarm(wl, agents=n, duration_s=duration, base_url=url, api_key=api_key,
+                           swarms=swarms, seed=seed, console=console)
+    except (ClusterError, RuntimeError, ValueError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1)
+    report.render(console)
+    if report_json:
+        report_json.write_text(report.model_dump_json(indent=2))
+
+
+@agents_app.command("client")
+def agents_client(url: str = typer.Option("http://127.0.0.1:8000/v1", help="fabric OpenAI base URL"),
+                  model: str = typer.Option("tiny-llama"), n: int = typer.Option(16, "--agents", min=1),
+                  steps: int = typer.Option(6, min=1), max_tokens: int = typer.Option(64, min=1),
+                  api_key: str = typer.Option("fabric-local", envvar="FABRIC_API_KEY",
+                                              help="tenant API key (default: the local demo tenant's)"),
+                  report_json: Optional[Path] = typer.Option(None)) -> None:
+    """Run N agents × M steps from this process against any OpenAI endpoint."""
     from fabric.client import AgentWorkload, run_with_progress
 
     report = run_with_progress(url, AgentWorkload(agents=n, steps=steps, max_tokens=max_tokens,
