@@ -88,6 +88,7 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
                     status.update(msg)
 
                 with running_fabric(spec, model=model, address=address, step=step) as fab:
+                    _sigterm_as_interrupt()  # again: connecting to Ray installed its own handler
                     status.stop()
                     out.log(f"fabric up at [cyan]{fab.base_url}[/] "
                             f"(deploy {fab.timings.get('deploy_s', 0):.0f} s)")
@@ -131,9 +132,10 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
 
 @app.command()
 def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
-       port: Optional[int] = PortOpt,
+       port: Optional[int] = PortOpt, address: Optional[str] = AddressOpt,
        log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes")) -> None:
-    """Start a local multi-node cluster with the fabric on it and serve until Ctrl-C."""
+    """Deploy the fabric onto a running Ray cluster (--address), or start a local multi-node
+    cluster with the fabric on it; serve until Ctrl-C or `fabric down`."""
     from fabric.runtime import quiet_output, running_fabric
     from fabric.status import clear_run, record_run
 
@@ -143,10 +145,13 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
     try:
         with quiet_output(log) as terminal:
             out = Console(file=terminal, log_path=False)
-            with running_fabric(spec, model=model, step=out.log, dashboard=True) as fab:
-                record_run({"address": fab.cluster.address, "base_url": fab.base_url,
+            with running_fabric(spec, model=model, address=address, step=out.log,
+                                dashboard=True) as fab:
+                record_run({"address": fab.cluster.address if fab.cluster else address,
+                            "base_url": fab.base_url,
                             "regional_urls": fab.regional_urls, "pid": os.getpid(),
                             "spec": spec.name})
+                _sigterm_as_interrupt()  # again: connecting to Ray installed its own handler
                 out.print(f"[bold green]serving[/] OpenAI API at [cyan]{fab.base_url}[/] "
                           f"(model {spec.model.id}); Ray/vLLM output → {log}; Ctrl-C stops")
                 for region, url in fab.regional_urls.items():
@@ -160,6 +165,104 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
         raise typer.Exit(1)
     finally:
         clear_run()
+
+
+@app.command()
+def down(timeout_s: float = typer.Option(120, "--timeout", help="seconds to wait for the shutdown")) -> None:
+    """Stop the fabric that `fabric up` started (it tears down everything it started)."""
+    import psutil
+
+    from fabric.status import clear_run, read_run
+
+    run = read_run()
+    if not run:
+        console.print("no running fabric found (nothing to stop)")
+        return
+    try:
+        proc = psutil.Process(run["pid"])
+        if "fabric" not in " ".join(proc.cmdline()):
+            raise psutil.NoSuchProcess(run["pid"])
+    except (psutil.Error, KeyError):
+        clear_run()
+        console.print("the recorded fabric is no longer running; cleared its record")
+        return
+    console.print(f"stopping the fabric (pid {proc.pid}, spec {run.get('spec', '?')}) …")
+    proc.terminate()  # handled as its Ctrl-C (also when started in the background, where
+    # SIGINT is ignored): it tears down everything it started, then exits
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:  # a zombie has exited: only its parent (the user's shell) has yet to reap it
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.5)
+    else:
+        console.print(f"[red]error:[/] still shutting down after {timeout_s:.0f} s (pid {proc.pid})")
+        raise typer.Exit(1)
+    console.print("stopped")
+
+
+@app.command("serve-config")
+def serve_config_cmd(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
+                     port: Optional[int] = PortOpt,
+                     out: Optional[Path] = typer.Option(None, "--out", "-o", help="file (default: stdout)")) -> None:
+    """Write the fabric's Serve applications as a Serve config YAML (for `serve deploy`)."""
+    import yaml
+
+    from fabric.serve_config import serve_config
+
+    spec = _load(spec_path, port)
+    source = model or spec.model.source
+    if source is None:  # the offline model: build it (cached) so the path exists
+        from fabric.model import ensure_model
+        source = ensure_model(None, log=Console(stderr=True).print)
+    text = yaml.safe_dump(serve_config(spec, source), sort_keys=False, width=100)
+    if out:
+        out.write_text(text)
+        console.print(f"wrote {out}: deploy with `serve deploy {out}` (start the layer actors "
+                      "with `fabric up --address ...`)")
+    else:
+        print(text, end="")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(ctx: typer.Context, name: str = typer.Argument(..., help="scheduler | agents | policies | gpu_smoke")) -> None:
+    """Run a benchmark from bench/ (extra arguments go to it; `fabric bench NAME --help`)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1] / "bench"
+    script = root / f"{name}.py"
+    if not script.exists():
+        known = ", ".join(sorted(p.stem for p in root.glob("*.py"))) if root.exists() else "none"
+        console.print(f"[red]error:[/] no benchmark {name!r} (known: {known})")
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))
+
+
+@app.command()
+def simulate(spec_path: Optional[Path] = SpecOpt,
+             trace: Optional[Path] = typer.Option(None, help="request trace: CSV or Mooncake JSONL"),
+             synthetic: str = typer.Option("diurnal", help="poisson | bursty | diurnal (without --trace)"),
+             requests: Optional[int] = typer.Option(None, min=1, help="requests (synthetic) or trace cap"),
+             rate: Optional[float] = typer.Option(None, help="arrivals/s (default: --load × capacity)"),
+             load: float = typer.Option(0.6, help="mean arrival rate / fleet capacity"),
+             sites: Optional[int] = typer.Option(None, min=1, help="scale the spec to N sites"),
+             policy: Optional[str] = typer.Option(None, help="scheduling policy (default: the spec's)"),
+             seed: int = typer.Option(0),
+             plots: Optional[Path] = typer.Option(None, help="write PNG traffic plots here"),
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Trace-driven simulation of the fabric with the live scheduling policies."""
+    from fabric.sim.command import simulate as run_sim
+
+    try:
+        run_sim(spec_path, trace=trace, synthetic=synthetic, requests=requests, rate=rate,
+                load=load, sites=sites, policy=policy, seed=seed, plot_dir=plots,
+                json_out=as_json, console=console)
+    except (ValueError, SpecError, OSError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -264,6 +367,7 @@ def agents_run(workload: str = typer.Argument(..., help="workload name (see `fab
     _sigterm_as_interrupt()
     try:
         connect(address)
+        _sigterm_as_interrupt()  # after connecting: Ray installs its own handler
         report = run_swarm(wl, agents=n, duration_s=duration, base_url=url, api_key=api_key,
                            swarms=swarms, seed=seed, console=console)
     except (ClusterError, RuntimeError, ValueError) as exc:

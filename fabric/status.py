@@ -33,6 +33,12 @@ def read_run() -> dict | None:
         return None
 
 
+def metrics_urls() -> list[str]:
+    """Every live node's Prometheus endpoint (Ray's metrics agent; ``ray_fabric_*`` among them)."""
+    return sorted(f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+                  for n in ray.nodes() if n["Alive"] and n.get("MetricsExportPort"))
+
+
 def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     """Snapshot of every layer (the caller is connected to the cluster)."""
     from fabric.layers.stack import fabric_actor_names
@@ -64,7 +70,7 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
         reg["endpoint"] = (regional or {}).get(s["region"]) or endpoint
     return {"sites": [{k: v for k, v in s.items() if k != "node_readings"} for s in sites],
             "nodes": nodes, "regions": list(regions.values()), "routing_table": table,
-            "actors": names}
+            "actors": names, "metrics": metrics_urls()}
 
 
 def render(snap: dict, console) -> None:

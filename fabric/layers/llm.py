@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 import uuid
@@ -29,6 +30,8 @@ from fabric.metering.tenants import from_spec as tenant_gate
 from fabric.routing.pick import NoAllowedReplica, Placement, allowed, check_hints, request_hints
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec,
                          ModelSpec)
+
+logger = logging.getLogger("fabric.llm")
 
 # Engine settings verified for vLLM on CPU (see README): small KV cache, eager mode.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {
@@ -214,9 +217,18 @@ class _FabricMiddleware:
     GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
     def __init__(self, app, headers: list[tuple[bytes, bytes]], meter: LoadMeter,
-                 here: Placement, ctx: ReplicaContext, gate: Gatekeeper):
+                 here: Placement, ctx: ReplicaContext, gate: Gatekeeper, metrics=None):
         self.app, self.headers, self.meter, self.here, self.ctx = app, headers, meter, here, ctx
-        self.gate = gate
+        self.gate, self.metrics = gate, metrics
+
+    def _keep(self, record: dict) -> None:
+        """Every usage record: to the ledger queue, and into the replica's metrics."""
+        self.meter.records.append(record)
+        if self.metrics is not None:
+            try:
+                self.metrics.observe(record, self.meter.inflight)
+            except Exception as exc:  # metrics never fail or lose a request
+                logger.warning("metrics: %s", exc)
 
     ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 402: "PaymentRequiredError",
                    403: "PermissionDeniedError", 429: "RateLimitError", 503: "ServiceUnavailableError"}
@@ -235,7 +247,7 @@ class _FabricMiddleware:
     def _record_refusal(self, scope, request, status, tenant, wall, started) -> None:
         tap = TokenTap()
         tap.status = status
-        self.meter.records.append(self._record(scope, request, tap, "", wall, started, 1.0, tenant))
+        self._keep(self._record(scope, request, tap, "", wall, started, 1.0, tenant))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope.get("path", "").endswith(self.GENERATION_PATHS):
@@ -286,6 +298,8 @@ class _FabricMiddleware:
 
         inflight_at_start = self.meter.inflight + 1
         self.meter.start()
+        if self.metrics is not None:
+            self.metrics.queue_depth(self.meter.inflight)
         try:
             await self.app(scope, replay, send_on)
         finally:
@@ -294,7 +308,7 @@ class _FabricMiddleware:
             self.meter.finish(tap.completion_tokens())
             record = self._record(scope, request, tap, request_id, wall, started, concurrency,
                                   tenant.name)
-            self.meter.records.append(record)
+            self._keep(record)
             self.gate.charge(tenant, record["prompt_tokens"] + record["completion_tokens"],
                              record["billed_usd"])
 
@@ -381,8 +395,11 @@ class FabricLLMServer(LLMServer):
         gate = tenant_gate(json.loads(os.environ.get("FABRIC_TENANTS", "[]")),
                            os.environ.get("FABRIC_INTERNAL_KEY_HASH"),
                            share=1.0 / max(1, int(os.environ.get("FABRIC_REPLICAS", "1"))))
+        from fabric.metrics import EngineMetrics
+
+        metrics = EngineMetrics(where["region"], where["site"], self._llm_config.model_id)
         _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter,
-                                     here=here, ctx=self._ctx, gate=gate)
+                                     here=here, ctx=self._ctx, gate=gate, metrics=metrics)
         self._background = asyncio.get_running_loop().create_task(self._report(where))
         return app
 
@@ -434,6 +451,12 @@ class FabricLLMServer(LLMServer):
 
 def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str,
                internal_key: str = "") -> LLMConfig:
+    return LLMConfig(**llm_config_fields(spec, model, model_source, internal_key))
+
+
+def llm_config_fields(spec: FabricSpec, model: ModelSpec, model_source: str,
+                      internal_key: str = "") -> dict:
+    """The LLMConfig as plain data (also what `fabric serve-config` writes)."""
     hosts = spec.hosting_sites(model)
     if not hosts:
         raise ValueError(f"model {model.id!r}: no site with an LLM slot hosts it")
@@ -443,7 +466,7 @@ def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str,
         num_replicas = min(num_replicas, model.max_replicas)
     engine_kwargs = {**CPU_ENGINE_DEFAULTS, "max_model_len": model.max_model_len,
                      **model.engine_kwargs}
-    return LLMConfig(
+    return dict(
         model_loading_config={"model_id": model.id, "model_source": model_source},
         accelerator_config={"kind": "cpu"},
         placement_group_config={"bundles": [{"CPU": 1, LLM_SLOT_RESOURCE: 1}]},
@@ -455,7 +478,7 @@ def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str,
             "FABRIC_REPLICAS": str(num_replicas),
             "FABRIC_TENANTS": json.dumps([t.model_dump() for t in spec.tenants]),
             "FABRIC_INTERNAL_KEY_HASH": key_hash(internal_key) if internal_key else ""}},
-        server_cls=FabricLLMServer,
+        server_cls="fabric.layers.llm:FabricLLMServer",
         deployment_config={
             "name": model.id,
             "num_replicas": num_replicas,

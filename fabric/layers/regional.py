@@ -87,3 +87,8 @@ def deploy_regional(spec, upstream: str) -> dict[str, str]:
                   route_prefix=f"/{region.name}", blocking=False)
         urls[region.name] = f"http://{spec.endpoint.host}:{spec.endpoint.port}/{region.name}/v1"
     return urls
+
+
+def build_regional(args: dict):
+    """Serve config builder (``import_path: fabric.layers.regional:build_regional``)."""
+    return RegionalEndpoint.bind(args["region"], args["upstream"])

@@ -55,6 +55,9 @@ class Scheduler:
         self._actions: list[dict] = []
         self._ticks = 0
         self._loop_task = None
+        self._states: list[dict] = []
+        from fabric.metrics import SiteMetrics
+        self._metrics = SiteMetrics()
 
     async def _tick_forever(self) -> None:
         while True:
@@ -70,8 +73,8 @@ class Scheduler:
                 for name in self._sites]
         states = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
                                         timeout=max(2.0, self._spec.scheduler.tick_s * 4))
-        sites = [site_signals(st, self._edge[name], self._max_inflight)
-                 for name, st in zip(self._sites, states) if isinstance(st, dict)]
+        self._states = [st for st in states if isinstance(st, dict)]
+        sites = [site_signals(st, self._edge[st["site"]], self._max_inflight) for st in self._states]
         return Snapshot(sites=sites, tick=self._ticks)
 
     async def tick(self) -> dict:
@@ -79,6 +82,7 @@ class Scheduler:
         version = max(int(time.time() * 1000), self._table.version + 1)
         self._table = self._policy.table(self._snapshot, version)
         self._ticks += 1
+        self._metrics.observe(self._states, self._table.weights, self._table.version)
         await self._act_on_power(self._snapshot)
         return self._table.model_dump()
 

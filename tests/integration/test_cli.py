@@ -95,3 +95,22 @@ def test_ctrl_c_shuts_the_fabric_down(tmp_path):
     rc = run.finish(timeout=120)
     assert rc == 0 and "shut down" in run.output, run.output
     assert run.survivors() == []
+
+
+def test_up_status_down(tmp_path):
+    """`fabric up` records the running fabric; `fabric status` and `fabric down` find it."""
+    import json
+
+    run = Watched("up", "--port", str(free_port()), "--log-file", str(tmp_path / "up.log"))
+    assert run.wait_for(r"serving", timeout=400), run.output
+    status = subprocess.run([*FABRIC, "status", "--json"], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr
+    snap = json.loads(status.stdout)
+    assert {s["site"] for s in snap["sites"]} == {"edge-a", "cloud-a", "cloud-b"}
+    assert snap["metrics"] and all(u.startswith("http://127.0.0.1:") for u in snap["metrics"])
+    down = subprocess.run([*FABRIC, "down"], capture_output=True, text=True, timeout=200)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    assert run.finish(timeout=30) == 0
+    assert run.survivors() == []
+    again = subprocess.run([*FABRIC, "down"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "no running fabric" in again.stdout

@@ -26,3 +26,14 @@ def test_cluster_yaml_node_types_match_example_global_spec():
         assert node_type["labels"][REGION_LABEL] == region
         assert node_type["resources"].get(LLM_SLOT_RESOURCE, 0) >= 1
         assert node_type["max_workers"] == sum(p.nodes for p in site.node_pools)
+
+
+def test_cluster_nodes_start_with_the_data_path_environment():
+    from fabric.cluster import DATA_PATH_ENV
+
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in cfg[key] if "ray start" in c)
+        for name, value in DATA_PATH_ENV.items():
+            if name.startswith("RAY_SERVE"):
+                assert f"{name}={value}" in start, (key, name)

@@ -1,0 +1,57 @@
+"""Operator commands that need no cluster: serve-config, simulate, bench, down."""
+
+import json
+
+import yaml
+from typer.testing import CliRunner
+
+from fabric.cli import app
+
+runner = CliRunner()
+
+
+def test_serve_config_is_a_valid_serve_deploy_file(tmp_path):
+    from ray.serve.llm import LLMConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    out = tmp_path / "serve.yaml"
+    r = runner.invoke(app, ["serve-config", "--model", "/models/tiny", "--port", "8123", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    config = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(config)
+    assert config["http_options"]["port"] == 8123
+    apps = {a["name"]: a for a in config["applications"]}
+    assert set(apps) == {"fabric", "region-edge", "region-cloud"}
+    llm = LLMConfig.model_validate(apps["fabric"]["args"]["llm_configs"][0])
+    assert llm.model_id == "tiny-llama" and llm.server_cls.__name__ == "FabricLLMServer"
+    router = llm.deployment_config["request_router_config"]["request_router_class"]
+    assert router == "fabric.routing.router:FabricRequestRouter"
+    assert llm.deployment_config["placement_group_bundle_label_selector"] == [
+        {"fabric/site": "in(edge-a,cloud-a)"}]
+    assert apps["region-edge"]["args"] == {"region": "edge", "upstream": "http://127.0.0.1:8123/v1"}
+
+
+def test_simulate_command_reports_json_and_refuses_bad_input():
+    r = runner.invoke(app, ["simulate", "--requests", "5000", "--json", "--policy", "least_load"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["arrivals"] == 5000 == result["served"] + result["dropped"]
+    assert result["policy"] == "least_load"
+    bad = runner.invoke(app, ["simulate", "--policy", "nope"])
+    assert bad.exit_code == 2 and "unknown policy 'nope'" in bad.output
+
+
+def test_bench_names_its_benchmarks():
+    r = runner.invoke(app, ["bench", "nope"])
+    assert r.exit_code == 2 and "no benchmark 'nope'" in r.output and "scheduler" in r.output
+
+
+def test_down_without_a_running_fabric(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOKEN_FABRIC_CACHE", str(tmp_path))
+    r = runner.invoke(app, ["down"])
+    assert r.exit_code == 0 and "no running fabric" in r.output
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "current.json").write_text(json.dumps({"pid": 999_999_999, "spec": "x"}))
+    r = runner.invoke(app, ["down"])
+    assert r.exit_code == 0 and "no longer running" in r.output
+    assert not (tmp_path / "run" / "current.json").exists()
