@@ -210,6 +210,7 @@ class MeteringSpec(_Strict):
 class EndpointSpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    max_body_mb: float = Field(8.0, gt=0, le=1024, description="larger request bodies get a 413")
 
 
 class FabricSpec(_Strict):

@@ -220,6 +220,7 @@ class _FabricMiddleware:
                  here: Placement, ctx: ReplicaContext, gate: Gatekeeper, metrics=None):
         self.app, self.headers, self.meter, self.here, self.ctx = app, headers, meter, here, ctx
         self.gate, self.metrics = gate, metrics
+        self.max_body = int(float(os.environ.get("FABRIC_MAX_BODY_MB", "8")) * 2**20)
 
     def _keep(self, record: dict) -> None:
         """Every usage record: to the ledger queue, and into the replica's metrics."""
@@ -231,6 +232,7 @@ class _FabricMiddleware:
                 logger.warning("metrics: %s", exc)
 
     ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 402: "PaymentRequiredError",
+                   413: "RequestTooLargeError",
                    403: "PermissionDeniedError", 429: "RateLimitError", 503: "ServiceUnavailableError"}
 
     async def _refuse(self, send, status: int, reason: str, code: str | None = None,
@@ -253,17 +255,22 @@ class _FabricMiddleware:
         if scope["type"] != "http" or not scope.get("path", "").endswith(self.GENERATION_PATHS):
             return await self.app(scope, receive, send)
         started, wall = time.perf_counter(), time.time()
-        body, replay = await _buffer_body(receive)
-        try:
-            request = json.loads(body)
-            request = request if isinstance(request, dict) else {}
-        except ValueError:
-            request = {}
+        declared = _header(scope, b"content-length")
+        too_large = declared.isdigit() and int(declared) > self.max_body
+        body, replay = (b"", receive) if too_large else await _buffer_body(receive, self.max_body)
+        if too_large or body is None:
+            await self._refuse(send, 413, f"request body too large: the limit is "
+                               f"{self.max_body / 2**20:g} MiB", "request_too_large", None)
+            return self._record_refusal(scope, {}, 413, "", wall, started)
+        request, invalid = _parse_object(body)
         # refused requests are recorded too, with their status and no tokens
         tenant = self.gate.authenticate(_header(scope, b"authorization"))
         if isinstance(tenant, Refusal):
             await self._refuse(send, tenant.status, tenant.message, tenant.code, None)
             return self._record_refusal(scope, request, tenant.status, "", wall, started)
+        if invalid:
+            await self._refuse(send, 400, invalid, "invalid_request_body", None)
+            return self._record_refusal(scope, request, 400, tenant.name, wall, started)
         refused = refusal(request, self.here)
         if refused:
             await self._refuse(send, *refused)
@@ -339,14 +346,31 @@ class _FabricMiddleware:
         }
 
 
-async def _buffer_body(receive):
-    """Read the whole request body, and return it with a receive() that replays it."""
-    chunks, more = [], True
+def _parse_object(body: bytes) -> tuple[dict, str]:
+    """The request as a dict, or ({}, why it is not a JSON object)."""
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return {}, f"request body is not valid UTF-8 (byte {exc.start})"
+    except ValueError as exc:
+        return {}, f"request body is not valid JSON: {exc}"
+    if not isinstance(request, dict):
+        return {}, f"request body must be a JSON object, not {type(request).__name__}"
+    return request, ""
+
+
+async def _buffer_body(receive, limit: int | None = None):
+    """Read the whole request body, and return it with a receive() that replays it; (None,
+    receive) once it passes ``limit`` bytes (the rest is not read)."""
+    chunks, more, size = [], True, 0
     while more:
         message = await receive()
         if message["type"] != "http.request":
             return b"", receive
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if limit is not None and size > limit:
+            return None, receive
         more = message.get("more_body", False)
     body = b"".join(chunks)
     return body, _replaying(body, receive)
@@ -476,6 +500,7 @@ def llm_config_fields(spec: FabricSpec, model: ModelSpec, model_source: str,
             "FABRIC_PRICE_IN": str(model.price_usd_per_mtok_in),
             "FABRIC_PRICE_OUT": str(model.price_usd_per_mtok_out),
             "FABRIC_REPLICAS": str(num_replicas),
+            "FABRIC_MAX_BODY_MB": str(spec.endpoint.max_body_mb),
             "FABRIC_TENANTS": json.dumps([t.model_dump() for t in spec.tenants]),
             "FABRIC_INTERNAL_KEY_HASH": key_hash(internal_key) if internal_key else ""}},
         server_cls="fabric.layers.llm:FabricLLMServer",

@@ -76,8 +76,9 @@ def rank_by_table(table: RoutingTable, wrr: SmoothWeightedRoundRobin, replicas: 
                   session: str = "", key: Callable[[R], str] = str) -> list[list[R]]:
     """Rank 0: the replicas of the site the weights pick for this request — or, for a
     session, its own replica among those of sites that take traffic. Rank 1: the other sites
-    with weight (overflow when rank 0 is full). Sites at weight 0 are never offered while
-    others are."""
+    with weight (overflow when rank 0 is full). Rank 2: the table's ``overflow`` sites, which
+    take no traffic by weight but what the others cannot. Other sites at weight 0 (shed for
+    power) are never offered while others are."""
     check_hints(hints)
     by_site: dict[str | None, list[R]] = {}
     unconstrained = hints.privacy == "none" and hints.region is None
@@ -96,9 +97,10 @@ def rank_by_table(table: RoutingTable, wrr: SmoothWeightedRoundRobin, replicas: 
     weights = table.allowed(present) or {s: 1.0 for s in present}
     site = wrr.pick(weights)
     overflow = [r for s, rs in by_site.items() if s != site and s in weights for r in rs]
-    ranks = [by_site[site], overflow] if overflow else [by_site[site]]
+    spill = [r for s, rs in by_site.items() if s not in weights and s in table.overflow for r in rs]
+    ranks = [rank for rank in (by_site[site], overflow, spill) if rank]
     if session:
         mine = session_replica(session, [r for s, rs in by_site.items() if s in weights for r in rs], key)
-        rest = [r for rank in ranks for r in rank if r is not mine]
-        ranks = [[mine], rest] if rest else [[mine]]
+        rest = [r for r in by_site[site] + overflow if r is not mine]
+        ranks = [rank for rank in ([mine], rest, spill) if rank]
     return ranks

@@ -34,11 +34,15 @@ class Policy:
     def weights(self, snapshot: Snapshot) -> dict[str, float]:
         raise NotImplementedError
 
+    spills: ClassVar[bool] = False  # unweighted serving sites with power take overflow
+
     def table(self, snapshot: Snapshot, version: int) -> RoutingTable:
-        weights = self.weights(snapshot)
+        raw = self.weights(snapshot)
+        weights = {s.name: round(max(0.0, raw.get(s.name, 0.0)), 4) for s in snapshot.sites}
+        overflow = sorted(s.name for s in _serving(snapshot)
+                          if self.spills and not weights[s.name] and s.headroom_w >= 0)
         return RoutingTable(
-            version=version, policy=self.name,
-            weights={s.name: round(max(0.0, weights.get(s.name, 0.0)), 4) for s in snapshot.sites},
+            version=version, policy=self.name, weights=weights, overflow=overflow,
             site_region={s.name: s.region for s in snapshot.sites},
             edge_sites=sorted(s.name for s in snapshot.sites if s.edge))
 
@@ -79,15 +83,20 @@ class LeastLoad(Policy, name="least_load"):
 
 
 class CheapestEnergy(Policy, name="cheapest_energy"):
-    """Everything to the serving site with the lowest energy price (grid price × PUE);
-    overflow spills to the others only when its replicas are full."""
+    """Everything to the serving site with the lowest energy price; the other serving sites
+    with power headroom are listed as overflow, taking only what its replicas cannot."""
+
+    spills = True
 
     def weights(self, snapshot):
         return _best(_serving(snapshot), lambda s: s.price_usd_per_mwh)
 
 
 class LowestCarbon(Policy, name="lowest_carbon"):
-    """Everything to the serving site with the lowest grid carbon intensity right now."""
+    """Everything to the serving site with the lowest grid carbon intensity right now; the
+    others with power headroom take overflow only."""
+
+    spills = True
 
     def weights(self, snapshot):
         return _best(_serving(snapshot), lambda s: s.carbon_g_per_kwh)

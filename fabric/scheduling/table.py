@@ -17,6 +17,8 @@ class RoutingTable(BaseModel):
     weights: dict[str, float] = Field(default_factory=dict, description="site -> share >= 0")
     site_region: dict[str, str] = Field(default_factory=dict)
     edge_sites: list[str] = Field(default_factory=list)
+    overflow: list[str] = Field(default_factory=list, description="sites at weight 0 that may "
+                                "still take what the weighted sites cannot (their replicas full)")
 
     def allowed(self, sites: set[str]) -> dict[str, float]:
         """The weights restricted to the given sites, dropping zero weights."""

@@ -262,6 +262,8 @@ class Simulator:
                 state.tokens_per_s.tolist())]
         table = self.policy.table(Snapshot.model_construct(sites=sites, tick=k), k + 1)
         w = np.fromiter((table.weights.get(n, 0.0) for n in f.names), float, len(f.names))
+        spill = set(table.overflow)
+        state.overflow = np.fromiter((n in spill for n in f.names), bool, len(f.names)) & (f.replicas > 0)
         return np.where(f.replicas > 0, w, 0.0)
 
 
@@ -273,6 +275,7 @@ class _State:
         self.f, self.cfg, self.n = fleet, cfg, n
         zeros = lambda dtype=np.float64: np.zeros(n, dtype)
         self.budget, self.price, self.carbon = zeros(), zeros(), zeros()
+        self.overflow = np.zeros(n, bool)  # sites the table lists as overflow only
         self.curtailed = zeros(bool)
         self.queue = zeros()                    # backlog, site-seconds at full speed
         self.util = zeros()
@@ -338,7 +341,7 @@ class _State:
                 self._admit(np.arange(m), origin, batch, prefill, t0, speed, final, wait)
                 for _ in range(self.cfg.overflow_rounds):
                     pending = np.flatnonzero(final < 0)
-                    room = np.where(table > 0, np.maximum(
+                    room = np.where((table > 0) | self.overflow, np.maximum(
                         0.0, speed * (cfg.max_wait_s + tick) - self.queue), 0.0)
                     if not len(pending) or room.sum() <= 0:
                         break

@@ -100,3 +100,11 @@ def test_site_signals_from_an_aidc_state_and_power_caps():
     assert power_cap_w(400, 1.15, 8, 90, 700) == 90        # never below idle
     assert power_cap_w(4000, 1.0, 8, 90, 700) == 500
     assert power_cap_w(1e9, 1.0, 8, 90, 700) == 700        # never above TDP
+
+
+def test_single_site_policies_list_the_others_as_overflow_but_not_shed_sites():
+    s = snap(site("cheap", price=10), site("dear", price=90),
+             site("dark", price=50, draw=900, budget=100))
+    table = make_policy("cheapest_energy").table(s, 1)
+    assert nonzero(table) == {"cheap"} and table.overflow == ["dear"]
+    assert make_policy("least_load").table(s, 1).overflow == []

@@ -66,6 +66,16 @@ def test_zero_weight_site_is_never_offered():
         assert [[r.site for r in rk] for rk in rank(table, wrr, reps)] == [["cloud-a"]]
 
 
+def test_overflow_sites_come_last_and_only_from_the_table():
+    reps = replicas("edge-a", "cloud-a", "cloud-b")
+    table = RoutingTable(version=1, weights={"edge-a": 1, "cloud-a": 0, "cloud-b": 0},
+                         overflow=["cloud-b"])
+    wrr = SmoothWeightedRoundRobin()
+    assert [[r.site for r in rk] for rk in rank(table, wrr, reps)] == [["edge-a"], ["cloud-b"]]
+    with_session = rank_by_table(table, wrr, reps, where, session="s1", key=lambda r: r.site)
+    assert [[r.site for r in rk] for rk in with_session] == [["edge-a"], ["cloud-b"]]
+
+
 def test_no_table_yet_means_round_robin_not_a_stall():
     reps = replicas("edge-a", "cloud-a")
     wrr = SmoothWeightedRoundRobin()

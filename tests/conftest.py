@@ -1,4 +1,6 @@
-"""One real fabric per test session: local multi-node Ray cluster + vLLM on CPU."""
+"""One real fabric per test session (local multi-node Ray cluster + vLLM on CPU), shared by
+tests/integration and tests/reliability; tests marked ``destructive`` (they remove nodes or kill
+engines) run after every other test."""
 
 import httpx
 import pytest
@@ -19,3 +21,7 @@ def fabric(tmp_path_factory):
 
 # Raw HTTP calls in the tests authenticate as the local spec's demo tenant (key "fabric-local").
 HTTP = httpx.Client(headers={"authorization": "Bearer fabric-local"}, timeout=120)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
