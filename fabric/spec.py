@@ -196,6 +196,9 @@ class TenantSpec(_Strict):
     api_key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     allowed_privacy: list[Literal["none", "region", "edge"]] = Field(
         default_factory=lambda: ["none", "region", "edge"])
+    allowed_regions: list[str] | None = Field(None, description="None: any region; else the "
+                                              "tenant's requests must pin one of these")
+    allowed_tiers: list[Literal["small", "large"]] | None = Field(None, description="None: any tier")
     requests_per_min: float | None = Field(None, gt=0)
     tokens_per_min: float | None = Field(None, gt=0)
     daily_budget_usd: float | None = Field(None, ge=0)

@@ -276,7 +276,9 @@ class _FabricMiddleware:
             await self._refuse(send, *refused)
             return self._record_refusal(scope, request, refused[0], tenant.name, wall, started)
         metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
-        over = self.gate.admit(tenant, str(metadata.get("fabric_privacy", "none")))
+        region = metadata.get("fabric_region")
+        over = self.gate.admit(tenant, str(metadata.get("fabric_privacy", "none")),
+                               region if isinstance(region, str) else None, self.ctx.tier)
         if over:
             await self._refuse(send, over.status, over.message, over.code, None, over.retry_after_s)
             return self._record_refusal(scope, request, over.status, tenant.name, wall, started)

@@ -26,7 +26,9 @@ def from_spec(tenants: list[dict], internal_key_hash: str | None, share: float) 
     table = {t["api_key_sha256"]: TenantLimits(
         name=t["name"], requests_per_min=t.get("requests_per_min"),
         tokens_per_min=t.get("tokens_per_min"), daily_budget_usd=t.get("daily_budget_usd"),
-        allowed_privacy=tuple(t.get("allowed_privacy") or ("none", "region", "edge")))
+        allowed_privacy=tuple(t.get("allowed_privacy") or ("none", "region", "edge")),
+        allowed_regions=tuple(t["allowed_regions"]) if t.get("allowed_regions") is not None else None,
+        allowed_tiers=tuple(t["allowed_tiers"]) if t.get("allowed_tiers") is not None else None)
         for t in tenants}
     if table and internal_key_hash:
         table[internal_key_hash] = TenantLimits(name="fabric-internal")
@@ -59,6 +61,8 @@ class TenantLimits:
     tokens_per_min: float | None = None
     daily_budget_usd: float | None = None
     allowed_privacy: tuple[str, ...] = ("none", "region", "edge")
+    allowed_regions: tuple[str, ...] | None = None  # None: any
+    allowed_tiers: tuple[str, ...] | None = None     # None: any
 
 
 @dataclass
@@ -99,10 +103,22 @@ class Gatekeeper:
     def _share(self, value: float | None, floor: float = 0.0) -> float | None:
         return None if value is None else max(floor, value * self.share)
 
-    def admit(self, t: TenantLimits, privacy: str = "none") -> Refusal | None:
-        """Count one request against the tenant, or refuse it."""
+    def admit(self, t: TenantLimits, privacy: str = "none", region: str | None = None,
+              tier: str = "") -> Refusal | None:
+        """Count one request against the tenant, or refuse it. ``region`` is the request's
+        region pin (the router has already kept it there), ``tier`` the serving model's.
+        A tenant held to some regions must pin one: refusing only after an unpinned request
+        had landed elsewhere would turn away work an allowed region could have served."""
         if privacy not in t.allowed_privacy:
             return Refusal(403, f"tenant {t.name!r} may not use privacy={privacy}", "permission_denied")
+        if t.allowed_regions is not None and region not in t.allowed_regions:
+            where = ", ".join(t.allowed_regions) or "none"
+            return Refusal(403, f"tenant {t.name!r} may only run in region(s) {where}: pin one with "
+                                "metadata.fabric_region or use its /<region>/v1 endpoint",
+                           "permission_denied")
+        if t.allowed_tiers is not None and tier and tier not in t.allowed_tiers:
+            return Refusal(403, f"tenant {t.name!r} may not use the {tier} tier "
+                                f"(allowed: {', '.join(t.allowed_tiers) or 'none'})", "permission_denied")
         w = self._window(t.name)
         retry = 60 - self.clock() % 60
         budget = self._share(t.daily_budget_usd)

@@ -50,6 +50,18 @@ def test_tenant_without_privacy_rights_is_403(fabric):
     assert error_of(r, 403)["code"] == "permission_denied"
 
 
+def test_tenant_held_to_a_region_must_pin_it(fabric):
+    err = error_of(post(fabric, key="edge-only-key"), 403)
+    assert "fabric_region" in err["message"] and "edge" in err["message"]
+    error_of(post(fabric, key="edge-only-key", metadata={"fabric_region": "cloud"}), 403)
+    pinned = post(fabric, key="edge-only-key", metadata={"fabric_region": "edge"})
+    assert pinned.status_code == 200 and pinned.headers["x-fabric-site"] == "edge-a"
+    regional = httpx.post(fabric.regional_urls["edge"] + "/chat/completions", timeout=60,
+                          headers={"authorization": "Bearer edge-only-key"},
+                          json={"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 3})
+    assert regional.status_code == 200, regional.text
+
+
 def test_daily_budget_is_402(fabric):
     session = f"prepaid-{uuid.uuid4().hex[:6]}"
     assert post(fabric, key="capped-key", session=session).status_code == 200

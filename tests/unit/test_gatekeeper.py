@@ -66,3 +66,18 @@ def test_daily_budget_resets_at_midnight_utc():
     assert refused.status == 402 and refused.code == "insufficient_quota"
     now[0] = 86400 * 11 + 1
     assert g.admit(prepaid) is None
+
+
+def test_allowed_regions_must_be_pinned_and_tiers_matched():
+    g = from_spec([{"name": "eu", "api_key_sha256": key_hash("k4"), "allowed_regions": ["edge"],
+                    "allowed_tiers": ["large"]},
+                   {"name": "any", "api_key_sha256": key_hash("k5"), "allowed_regions": None}],
+                  None, 1.0)
+    eu, anyone = g.authenticate("Bearer k4"), g.authenticate("Bearer k5")
+    unpinned = g.admit(eu, region=None, tier="large")
+    assert unpinned.status == 403 and "fabric_region" in unpinned.message and "edge" in unpinned.message
+    assert g.admit(eu, region="cloud", tier="large").status == 403
+    assert g.admit(eu, region="edge", tier="large") is None
+    small = g.admit(eu, region="edge", tier="small")
+    assert small.status == 403 and "small tier" in small.message
+    assert g.admit(anyone, region=None, tier="small") is None
