@@ -117,7 +117,9 @@ class Fabric(Policy, name="fabric"):
     traffic at once; the others are scored in [0, 1] on price, carbon, free capacity and
     headroom, combined with configurable weights. SLO guard: a site above ``slo_max_load``
     keeps only a floor weight. Hysteresis: a site shed for power comes back only once its
-    headroom exceeds ``readmit_headroom`` of its budget, and then regains at most
+    curtailment (if any) is over and its headroom exceeds ``readmit_headroom`` of its budget
+    (power caps lower the draw during the event; that is not headroom to come back on), and
+    then regains at most
     ``ramp_per_tick`` of its weight per tick, so traffic returns gradually, without flapping."""
 
     def __init__(self, **params):
@@ -138,7 +140,9 @@ class Fabric(Policy, name="fabric"):
             if s.headroom_w < 0:
                 self.shed.add(s.name)
                 self.ramp[s.name] = 0.0
-            elif s.name in self.shed and share >= self.p.readmit_headroom:
+            elif s.name in self.shed and share >= self.p.readmit_headroom and not s.curtailed:
+                # not while the grid event lasts: capped GPUs bring the draw under the
+                # budget, and readmitting on that would flap the site in and out
                 self.shed.discard(s.name)
         live = [s for s in serving if s.name not in self.shed]
         if not live:

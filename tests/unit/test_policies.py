@@ -81,6 +81,18 @@ def test_fabric_brings_a_shed_site_back_gradually_without_flapping():
     assert weights[1] < full and weights[-1] == pytest.approx(full)
 
 
+def test_fabric_keeps_a_curtailed_site_shed_while_caps_hold_its_draw_down():
+    p = make_policy("fabric")
+    cut = site("a", budget=400, draw=828)
+    cut.curtailed = True
+    p.table(snap(cut, site("b")), 1)
+    capped = site("a", budget=400, draw=300)  # GPU caps bring the draw under the budget
+    capped.curtailed = True
+    assert [p.table(snap(capped, site("b")), 2 + i).weights["a"] for i in range(4)] == [0] * 4
+    assert p.table(snap(site("a"), site("b")), 9).weights["a"] == 0  # ramps from zero...
+    assert p.table(snap(site("a"), site("b")), 10).weights["a"] > 0  # ...once the event is over
+
+
 def test_fabric_slo_guard_caps_an_overloaded_site():
     t = make_policy("fabric").table(snap(site("hot", inflight=10), site("cool")), 1)
     assert t.weights["hot"] <= 0.05 < t.weights["cool"]
