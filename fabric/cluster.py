@@ -25,6 +25,10 @@ DATA_PATH_ENV = {
     # lead the body (regional endpoints put them first).
     "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1",
     "RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_BUFSIZE": str(256 * 1024),
+    # A request whose engine dies before answering (empty response, 500/502/504) is replayed
+    # on another replica; a stream that has begun is not (it ends with an error event).
+    "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response junk-response response-timeout 500 502 504",
+    "RAY_SERVE_HAPROXY_RETRIES": "3",
     # Hermetic local clusters: no token file in $HOME, no usage stats phone-home.
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",

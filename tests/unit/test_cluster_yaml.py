@@ -36,4 +36,4 @@ def test_cluster_nodes_start_with_the_data_path_environment():
         start = next(c for c in cfg[key] if "ray start" in c)
         for name, value in DATA_PATH_ENV.items():
             if name.startswith("RAY_SERVE"):
-                assert f"{name}={value}" in start, (key, name)
+                assert f"{name}={value}" in start or f'{name}="{value}"' in start, (key, name)

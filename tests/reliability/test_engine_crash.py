@@ -1,0 +1,80 @@
+"""An engine crashes under load (its vLLM EngineCore process killed): non-streaming requests
+are replayed on another replica and succeed, a stream that had begun ends with an error event,
+nothing hangs, and the replica comes back. Destructive: runs after the other tests."""
+
+import re
+import threading
+import time
+from collections import Counter
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.destructive]
+H = {"authorization": "Bearer fabric-local"}
+
+
+def engine_cores() -> list[psutil.Process]:
+    """The vLLM engine processes of this session's fabric (under its raylets)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "EngineCore" in p.name() + " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_engine_crash_under_load(fabric):
+    url = f"{fabric.base_url}/chat/completions"
+    body = {"model": fabric.spec.model.id, "messages": [{"role": "user", "content": "load"}]}
+    results: list[tuple] = []
+    stop = threading.Event()
+
+    def client(i: int, stream: bool) -> None:
+        with httpx.Client(timeout=120, headers=H) as c:
+            while not stop.is_set():
+                try:
+                    if stream:
+                        with c.stream("POST", url, json={**body, "max_tokens": 64, "stream": True}) as r:
+                            tail = b"".join(r.iter_bytes())[-400:]
+                            results.append(("stream", r.status_code, tail))
+                    else:
+                        r = c.post(url, json={**body, "max_tokens": 16})
+                        results.append(("plain", r.status_code, r.text[:200].encode()))
+                except httpx.HTTPError as exc:
+                    results.append(("stream" if stream else "plain", "error", repr(exc).encode()))
+
+    threads = [threading.Thread(target=client, args=(i, i % 3 == 0), daemon=True) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(5)
+    cores = engine_cores()
+    assert len(cores) == 2, cores  # one engine per serving site
+    cores[-1].kill()
+    killed_at = len(results)
+    time.sleep(20)
+    stop.set()
+    for t in threads:
+        t.join(150)
+    assert not any(t.is_alive() for t in threads), "a request hung"
+    after = results[killed_at:]
+    plain = Counter(status for kind, status, _ in after if kind == "plain")
+    assert plain[200] > 20 and set(plain) == {200}, plain   # replayed elsewhere, all succeeded
+    for kind, status, tail in after:
+        if kind == "stream":  # whole, or cut with an explicit error event — never silently
+            assert status == 200 and tail.rstrip().endswith(b"data: [DONE]"), tail
+            assert re.search(rb'"finish_reason":"(length|stop)"', tail) or b'"error"' in tail, tail
+
+    deadline = time.monotonic() + 240  # Serve replaces the dead replica
+    while time.monotonic() < deadline and len(engine_cores()) < 2:
+        time.sleep(3)
+    assert len(engine_cores()) == 2, "the crashed engine did not come back"
+    sites = set()
+    while time.monotonic() < deadline and len(sites) < 2:
+        r = httpx.post(url, json={**body, "max_tokens": 4}, headers=H, timeout=60)
+        assert r.status_code == 200, r.text
+        sites.add(r.headers["x-fabric-site"])
+    assert sites == {"edge-a", "cloud-a"}, sites
