@@ -33,11 +33,11 @@ def endpoint_model(base_url: str, api_key: str) -> str:
 def _usage_rows(run_id: str, expected: int, timeout_s: float = 20.0) -> list[dict] | None:
     """This run's usage records from the fabric's ledger, or None where nothing meters."""
     import pyarrow.compute as pc
+    import pyarrow.dataset as ds
     import ray
 
     from fabric.layers import naming
     from fabric.metering.ledger import LEDGER_NAME
-    from fabric.metering.report import read_usage
 
     try:
         ledger = ray.get_actor(LEDGER_NAME, namespace=naming.NAMESPACE)
@@ -47,10 +47,11 @@ def _usage_rows(run_id: str, expected: int, timeout_s: float = 20.0) -> list[dic
     deadline, rows = time.monotonic() + timeout_s, []
     while True:  # engines ship records in the background: wait until this run's are all in
         ray.get(ledger.flush.remote(), timeout=30)
-        table = read_usage(root)
-        if table.num_rows:
-            mine = table.filter(pc.starts_with(table["agent_id"], f"{run_id}/"))
-            rows = mine.select(["request_id", "billed_usd", "energy_j", "carbon_g"]).to_pylist()
+        usage = Path(root) / "usage"
+        if any(usage.glob("date=*/*.parquet")):  # read only this run's rows, not the whole ledger
+            rows = ds.dataset(usage, format="parquet", partitioning="hive").to_table(
+                columns=["request_id", "billed_usd", "energy_j", "carbon_g"],
+                filter=pc.starts_with(ds.field("agent_id"), f"{run_id}/")).to_pylist()
         if len(rows) >= expected or time.monotonic() > deadline:
             return rows
         time.sleep(0.5)
