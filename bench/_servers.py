@@ -49,6 +49,19 @@ class ServerError(RuntimeError):
     """A server did not come up; the message carries the tail of its log."""
 
 
+def add_machine_args(ap) -> None:
+    """The options every bench here shares: the bare server's threads, and how to cope with a
+    shared machine (wait for idle, repeat disturbed levels)."""
+    ap.add_argument("--bare-omp-threads", type=int, default=1,
+                    help="OMP_NUM_THREADS of the bare vLLM server (a); Ray gives the engines of "
+                         "b, c, d 1; 0 = vLLM's default (one per core)")
+    ap.add_argument("--no-wait-idle", action="store_true",
+                    help="do not wait for other test runs / Ray clusters to finish first")
+    ap.add_argument("--max-foreign-cores", type=float, default=0.25,
+                    help="a level during which other processes used more CPU is repeated")
+    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed level")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -58,7 +58,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _servers
-from _servers import MODEL_ID, RESULTS, TARGETS, ServerError
+from _servers import MODEL_ID, RESULTS, TARGETS, ServerError, add_machine_args
 
 OUT = {"stream": sys.stdout}  # where the report goes (the terminal, also while the fabric runs)
 
@@ -596,14 +596,7 @@ def main() -> dict:
                     help="py-spy the busiest serving processes during an extra c=max streaming run")
     ap.add_argument("--profile-procs", type=int, default=4, help="how many processes to sample")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples per second")
-    ap.add_argument("--bare-omp-threads", type=int, default=1,
-                    help="OMP_NUM_THREADS of the bare vLLM server (a); Ray gives the engines of "
-                         "b, c, d 1; 0 = vLLM's default (one per core)")
-    ap.add_argument("--no-wait-idle", action="store_true",
-                    help="do not wait for other test runs / Ray clusters to finish first")
-    ap.add_argument("--max-foreign-cores", type=float, default=0.25,
-                    help="a level during which other processes used more CPU is repeated")
-    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed level")
+    add_machine_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args()
     targets = [t for t in "abcd" if t in args.targets.split(",")]

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _servers
-from _servers import DEMO_KEY, MODEL_ID, RESULTS, TARGETS, ServerError
+from _servers import DEMO_KEY, MODEL_ID, RESULTS, TARGETS, ServerError, add_machine_args
 
 OUT = {"stream": sys.stdout}
 PEER_TARGETS = ("a", "c", "d")
@@ -179,14 +179,7 @@ def main() -> dict:
     ap.add_argument("--prompts-c1", type=int, default=64, help="prompts at concurrency 1")
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=64)
-    ap.add_argument("--bare-omp-threads", type=int, default=1,
-                    help="OMP_NUM_THREADS of the bare vLLM server (a); Ray gives the engines of "
-                         "b, c, d 1; 0 = vLLM's default (one per core)")
-    ap.add_argument("--no-wait-idle", action="store_true",
-                    help="do not wait for other test runs / Ray clusters to finish first")
-    ap.add_argument("--max-foreign-cores", type=float, default=0.25,
-                    help="a level during which other processes used more CPU is repeated")
-    ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed level")
+    add_machine_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS / "peer.json")
     args = ap.parse_args()
     chosen = args.targets.split(",")

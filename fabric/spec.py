@@ -167,11 +167,9 @@ class SchedulerSpec(_Strict):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, name: str) -> str:
-        from fabric.scheduling.policies import POLICIES
+        from fabric.scheduling.policies import known_policy
 
-        if name not in POLICIES:
-            raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-        return name
+        return known_policy(name)
 
     @model_validator(mode="after")
     def _valid_params(self) -> "SchedulerSpec":

@@ -47,11 +47,15 @@ class Policy:
             edge_sites=sorted(s.name for s in snapshot.sites if s.edge))
 
 
+def known_policy(name: str) -> str:
+    """``name`` if a policy is registered under it; else a ValueError listing the known ones."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    return name
+
+
 def make_policy(name: str, **params) -> Policy:
-    try:
-        return POLICIES[name](**params)
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}") from None
+    return POLICIES[known_policy(name)](**params)
 
 
 def _serving(snapshot: Snapshot) -> list[SiteSignals]:

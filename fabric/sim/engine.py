@@ -51,7 +51,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
-from fabric.scheduling.policies import POLICIES, make_policy
+from fabric.scheduling.policies import known_policy, make_policy
 from fabric.scheduling.signals import SiteSignals, Snapshot
 from fabric.sim.fleet import Fleet, build_fleet
 from fabric.sim.gpus import GpuType, ServingProfile
@@ -91,9 +91,7 @@ class SimConfig(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known(cls, name: str) -> str:
-        if name not in POLICIES:
-            raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
-        return name
+        return known_policy(name)
 
     @classmethod
     def from_spec(cls, spec: FabricSpec, **overrides) -> SimConfig:
