@@ -292,7 +292,7 @@ def status(address: Optional[str] = typer.Option(None, help="Ray cluster (defaul
 
 @app.command()
 def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (default: the user data dir)"),
-          by: str = typer.Option("tenant", help="tenant | agent_id | model | region | site"),
+          by: str = typer.Option("tenant", help="tenant | agent_id | model | tier | region | site | date"),
           hours: Optional[float] = typer.Option(None, help="only the last N hours"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Totals from the token ledger: requests, tokens, $, J/token, gCO2 per million tokens."""

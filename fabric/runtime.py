@@ -28,6 +28,7 @@ class Fabric:
     model_source: str
     cluster: LocalCluster | None = None
     regional_urls: dict[str, str] = field(default_factory=dict)
+    usage_url: str = ""
     ledger_path: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -85,11 +86,14 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         step("deploying regional endpoints")
         from fabric.layers.regional import deploy_regional
         regional = deploy_regional(spec, base_url)
+        from fabric.layers.usage import deploy_usage
+        usage_url = deploy_usage(spec)
         step("warming up replicas")
         warm_up(base_url, spec.model.id, requests=2 * len(spec.sites), api_key=internal_key)
         timings["deploy_s"] = time.perf_counter() - t
         yield Fabric(spec=spec, base_url=base_url, model_source=model_source, cluster=cluster,
-                     regional_urls=regional, ledger_path=ledger_path, timings=timings)
+                     regional_urls=regional, usage_url=usage_url, ledger_path=ledger_path,
+                     timings=timings)
     finally:
         step("shutting down")
         teardown(cluster, before, delete_only=address is not None)
@@ -108,7 +112,9 @@ def teardown(cluster: LocalCluster | None, keep_pids: set[int], delete_only: boo
             from fabric.layers.stack import stop_layers
 
             with contextlib.suppress(Exception):
-                serve.delete(APP_NAME)
+                for name in serve.status().applications:
+                    if name in (APP_NAME, "usage") or name.startswith("region-"):
+                        serve.delete(name)
             with contextlib.suppress(Exception):
                 stop_layers()
         started = [p for p in _descendants() if p.pid not in keep_pids]

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Names become Ray node label values and Serve/actor names: keep them to a safe alphabet.
+RESERVED_PATHS = {"v1", "fabric"}  # route prefixes of the global API and the usage API
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 REGION_LABEL = "fabric/region"
 SITE_LABEL = "fabric/site"
@@ -235,6 +236,10 @@ class FabricSpec(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} name(s): {', '.join(dupes)}")
+        taken = sorted(set(regions) & RESERVED_PATHS)
+        if taken:
+            raise ValueError(f"region name(s) {', '.join(taken)} are reserved (the endpoint serves "
+                             f"/{' and /'.join(sorted(RESERVED_PATHS))} itself)")
         known = set(regions) | set(sites)
         for i, m in enumerate(self.models):
             unknown = [h for h in m.hosting if h not in known]

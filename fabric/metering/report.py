@@ -9,15 +9,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-GROUPS = ("tenant", "agent_id", "model", "region", "site")
+GROUPS = ("tenant", "agent_id", "model", "tier", "region", "site", "date")
 
 
 def read_usage(root: str | Path, since: dt.datetime | None = None,
-               until: dt.datetime | None = None) -> pa.Table:
+               until: dt.datetime | None = None, tenant: str | None = None) -> pa.Table:
+    """The ledger's records (``date`` is the UTC day partition), optionally one tenant's only
+    (a filtered scan: other tenants' rows are never loaded)."""
     path = Path(root) / "usage"
     if not path.exists() or not any(path.glob("date=*/*.parquet")):
         return pa.table({})
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+    only = None if tenant is None else ds.field("tenant") == tenant
+    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(filter=only)
     if since is not None:
         table = table.filter(pc.greater_equal(table["ts"], pa.scalar(since, pa.timestamp("ms", tz="UTC"))))
     if until is not None:
@@ -25,12 +28,15 @@ def read_usage(root: str | Path, since: dt.datetime | None = None,
     return table
 
 
-def totals(table: pa.Table, by: str = "tenant") -> list[dict]:
-    if by not in GROUPS:
+def totals(table: pa.Table, by: str | None = "tenant") -> list[dict]:
+    """Requests, tokens, dollars, energy and carbon per ``by`` value (one row for all when
+    ``by`` is None)."""
+    if by is not None and by not in GROUPS:
         raise ValueError(f"--by must be one of {', '.join(GROUPS)}")
     if table.num_rows == 0:
         return []
-    agg = table.group_by(by).aggregate([
+    keys = [by] if by else []
+    agg = table.group_by(keys).aggregate([
         ("request_id", "count"), ("prompt_tokens", "sum"), ("completion_tokens", "sum"),
         ("billed_usd", "sum"), ("energy_cost_usd", "sum"), ("energy_j", "sum"), ("carbon_g", "sum")])
     rows = []
@@ -38,11 +44,14 @@ def totals(table: pa.Table, by: str = "tenant") -> list[dict]:
         tokens = r["prompt_tokens_sum"] + r["completion_tokens_sum"]
         out = r["completion_tokens_sum"]
         rows.append({
-            by: r[by], "requests": r["request_id_count"], "prompt_tokens": r["prompt_tokens_sum"],
+            **({by: r[by] if isinstance(r[by], (str, int, float)) or r[by] is None else str(r[by])}
+               if by else {}),
+            "requests": r["request_id_count"], "prompt_tokens": r["prompt_tokens_sum"],
             "completion_tokens": out, "billed_usd": round(r["billed_usd_sum"], 6),
             "energy_cost_usd": round(r["energy_cost_usd_sum"], 9),
             "energy_j": round(r["energy_j_sum"], 3),
+            "carbon_g": round(r["carbon_g_sum"], 6),
             "j_per_token": round(r["energy_j_sum"] / tokens, 6) if tokens else 0.0,
             "gco2_per_mtok": round(r["carbon_g_sum"] / tokens * 1e6, 3) if tokens else 0.0,
         })
-    return sorted(rows, key=lambda r: str(r[by]))
+    return sorted(rows, key=lambda r: str(r[by])) if by else rows

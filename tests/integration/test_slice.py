@@ -1,6 +1,7 @@
 """The thin slice through all layers, for real: Ray cluster, Serve, HAProxy, vLLM on CPU."""
 
 import json
+import math
 
 import httpx  # noqa: F401
 
@@ -34,7 +35,8 @@ def test_agent_workload_is_served_by_both_regions(fabric):
         steps = [r for r in report.results if r.agent == agent]
         prompts = [r.prompt_tokens for r in steps]
         assert prompts == sorted(prompts) and prompts[0] < prompts[-1]
-    assert all(r.ttft_s <= r.latency_s for r in report.results)
+    # (a step whose tokens decode to no text has no first-token time: random weights can do that)
+    assert all(r.ttft_s <= r.latency_s for r in report.results if not math.isnan(r.ttft_s))
 
 
 def test_chat_completion_usage_matches_generated_tokens(client, fabric):

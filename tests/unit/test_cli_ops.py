@@ -21,7 +21,8 @@ def test_serve_config_is_a_valid_serve_deploy_file(tmp_path):
     ServeDeploySchema.model_validate(config)
     assert config["http_options"]["port"] == 8123
     apps = {a["name"]: a for a in config["applications"]}
-    assert set(apps) == {"fabric", "region-edge", "region-cloud"}
+    assert set(apps) == {"fabric", "region-edge", "region-cloud", "usage"}
+    assert apps["usage"]["route_prefix"] == "/fabric" and len(apps["usage"]["args"]["tenants"]) == 4
     llm = LLMConfig.model_validate(apps["fabric"]["args"]["llm_configs"][0])
     assert llm.model_id == "tiny-llama" and llm.server_cls.__name__ == "FabricLLMServer"
     router = llm.deployment_config["request_router_config"]["request_router_class"]

@@ -93,3 +93,12 @@ def test_example_global_spec_is_realistic():
 def test_spec_round_trips_as_json():
     spec = parse_spec(GOOD)
     assert FabricSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_region_names_that_would_shadow_the_api_are_refused():
+    from fabric.spec import SpecError, parse_spec
+
+    for name in ("v1", "fabric"):
+        with pytest.raises(SpecError, match="reserved"):
+            parse_spec({"regions": [{"name": name, "sites": [{"name": "s", "capacity_mw": 1,
+                                                               "power": {"budget_mw": 1}}]}]})
