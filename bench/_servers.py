@@ -361,6 +361,7 @@ def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = 
     from fabric.spec import load_spec
 
     spec = load_spec(spec_path).model_copy(deep=True)
+    spec.models = spec.models[:1]  # one model: its app is /v1 itself, no gateway
     spec.models[0].hosting = ["edge-a"]
     spec.models[0].max_replicas = 1
     spec.endpoint.port = fabric_free_port()

@@ -45,14 +45,17 @@ def _sigterm_as_interrupt() -> None:
 
 @app.command("build-model")
 def build_model_cmd(force: bool = typer.Option(False, help="rebuild even if cached")) -> None:
-    """Build (once) the offline model: a tiny Llama with random weights and a local tokenizer."""
+    """Build (once) the offline models (small and large): tiny Llamas with random weights and a
+    local tokenizer."""
     import shutil
 
-    from fabric.model import default_model_dir, ensure_model
+    from fabric.model import OFFLINE, default_model_dir, ensure_model
 
-    if force and default_model_dir().exists():
-        shutil.rmtree(default_model_dir())
-    console.print(ensure_model(log=lambda m: console.print(f"[dim]{m}[/]")))
+    for size, recipe in OFFLINE.items():
+        if force and default_model_dir(recipe).exists():
+            shutil.rmtree(default_model_dir(recipe))
+        console.print(f"offline:{size}  " + ensure_model(f"offline:{size}",
+                                                         log=lambda m: console.print(f"[dim]{m}[/]")))
 
 
 @app.command()
@@ -212,12 +215,12 @@ def serve_config_cmd(spec_path: Optional[Path] = SpecOpt, model: Optional[str] =
 
     from fabric.serve_config import serve_config
 
+    from fabric.model import model_sources
+
     spec = _load(spec_path, port)
-    source = model or spec.model.source
-    if source is None:  # the offline model: build it (cached) so the path exists
-        from fabric.model import ensure_model
-        source = ensure_model(None, log=Console(stderr=True).print)
-    text = yaml.safe_dump(serve_config(spec, source), sort_keys=False, width=100)
+    # offline models are built (cached) so their paths exist
+    sources = model_sources(spec, model, log=Console(stderr=True).print)
+    text = yaml.safe_dump(serve_config(spec, sources), sort_keys=False, width=100)
     if out:
         out.write_text(text)
         console.print(f"wrote {out}: deploy with `serve deploy {out}` (start the layer actors "

@@ -53,6 +53,15 @@ class TinyModelRecipe(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# The offline models a spec can name as ``source: offline:<size>`` (no source: small). The
+# large one is ~8x the compute per token: a real gap between tiers, still fast on a CPU.
+OFFLINE = {
+    "small": TinyModelRecipe(),
+    "large": TinyModelRecipe(hidden_size=512, num_attention_heads=8, num_key_value_heads=4,
+                             num_hidden_layers=4, intermediate_size=1536),
+}
+
+
 def cache_root() -> Path:
     """User cache directory (XDG), overridable with TOKEN_FABRIC_CACHE."""
     if os.environ.get("TOKEN_FABRIC_CACHE"):
@@ -138,16 +147,28 @@ def build_model(out_dir: Path, recipe: TinyModelRecipe | None = None) -> Path:
 
 
 def ensure_model(model: str | None = None, log=print) -> str:
-    """Resolve ``--model``: None builds (once) and returns the cached offline model's path;
-    anything else (Hugging Face id or local path) is returned unchanged."""
-    if model:
+    """Resolve a model source: None (or ``offline:small``) and ``offline:large`` build (once)
+    and return a cached offline model's path; anything else (Hugging Face id or local path) is
+    returned unchanged."""
+    if model and not model.startswith("offline:"):
         path = Path(model).expanduser()
         return str(path.resolve()) if path.exists() else model
-    out = default_model_dir()
+    size = (model or "offline:small").partition(":")[2]
+    if size not in OFFLINE:
+        raise ValueError(f"unknown offline model {model!r} (offline:{', offline:'.join(OFFLINE)})")
+    recipe = OFFLINE[size]
+    out = default_model_dir(recipe)
     if not (out / "config.json").exists():
-        log(f"building the offline model (random weights) in {out}")
-        build_model(out)
+        log(f"building the offline {size} model (random weights) in {out}")
+        build_model(out, recipe)
     return str(out)
+
+
+def model_sources(spec, override: str | None = None, log=print) -> dict[str, str]:
+    """Every model of a spec resolved (offline ones built once); ``override`` (``--model``)
+    replaces the first model's source."""
+    return {m.id: ensure_model(override if i == 0 and override else m.source, log)
+            for i, m in enumerate(spec.models)}
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import psutil
@@ -28,7 +29,9 @@ class Fabric:
     model_source: str
     cluster: LocalCluster | None = None
     regional_urls: dict[str, str] = field(default_factory=dict)
-    usage_url: str = ""
+    model_sources: dict[str, str] = field(default_factory=dict)
+    model_urls: dict[str, str] = field(default_factory=dict)   # each model's no-hop endpoint
+    tenant_api_url: str = ""   # the tenants' own API: usage, deferred work
     ledger_path: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -45,14 +48,14 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
                    step: Callable[[str], None] = lambda msg: None,
                    dashboard: bool = False) -> Iterator[Fabric]:
     """Start (or connect to) a cluster, deploy the fabric, yield it, and tear it all down."""
-    from fabric.model import ensure_model
+    from fabric.model import model_sources
 
     check_endpoint_port(spec)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     timings: dict[str, float] = {}
     t = time.perf_counter()
     step("model")
-    model_source = ensure_model(model or spec.model.source)
+    sources = model_sources(spec, model)
     timings["model_s"] = time.perf_counter() - t
     cluster = None
     try:
@@ -81,18 +84,24 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         from fabric.spec import ROLE_LABEL
         ledger_path = spec.metering.path or str(default_ledger_path())
         start_ledger(ledger_path, {ROLE_LABEL: "head"})
-        step(f"deploying {spec.model.id} on {len(spec.sites)} sites (vLLM engines start)")
-        base_url, internal_key = deploy(spec, model_source)
+        step(f"deploying {', '.join(m.id for m in spec.models)} (vLLM engines start)")
+        base_url, internal_key = deploy(spec, sources)
         step("deploying regional endpoints")
-        from fabric.layers.regional import deploy_regional
-        regional = deploy_regional(spec, base_url)
-        from fabric.layers.usage import deploy_usage
-        usage_url = deploy_usage(spec)
+        from fabric.layers.distribution import model_urls
+        from fabric.layers.gateway import deploy_regional
+        urls = model_urls(spec)
+        regional = deploy_regional(spec, urls)
+        from fabric.layers.tenant_api import deploy_tenant_api
+        tenant_api_url = deploy_tenant_api(spec)
+        from fabric.layers.deferred import start_deferred
+        start_deferred(spec, str(Path(ledger_path) / "deferred"), internal_key, {ROLE_LABEL: "head"})
         step("warming up replicas")
-        warm_up(base_url, spec.model.id, requests=2 * len(spec.sites), api_key=internal_key)
+        for m in spec.models:
+            warm_up(urls[m.id], m.id, requests=2 * len(spec.hosting_sites(m)), api_key=internal_key)
         timings["deploy_s"] = time.perf_counter() - t
-        yield Fabric(spec=spec, base_url=base_url, model_source=model_source, cluster=cluster,
-                     regional_urls=regional, usage_url=usage_url, ledger_path=ledger_path,
+        yield Fabric(spec=spec, base_url=base_url, model_source=sources[spec.model.id],
+                     model_sources=sources, model_urls=urls, cluster=cluster,
+                     regional_urls=regional, tenant_api_url=tenant_api_url, ledger_path=ledger_path,
                      timings=timings)
     finally:
         step("shutting down")
@@ -113,7 +122,7 @@ def teardown(cluster: LocalCluster | None, keep_pids: set[int], delete_only: boo
 
             with contextlib.suppress(Exception):
                 for name in serve.status().applications:
-                    if name in (APP_NAME, "usage") or name.startswith("region-"):
+                    if name in (APP_NAME, "tenant-api") or name.startswith(("region-", "model-")):
                         serve.delete(name)
             with contextlib.suppress(Exception):
                 stop_layers()

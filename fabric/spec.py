@@ -164,6 +164,16 @@ class SchedulerSpec(_Strict):
                                               "lowest_carbon | fabric")
     params: dict[str, float] = Field(default_factory=dict, description="the policy's parameters")
     tick_s: float = Field(0.5, gt=0, le=60)
+    classifier: str = Field("fabric.scheduling.classify:RuleClassifier",
+                            description="module:Class deciding tier=auto (classify(request) -> Decision)")
+    classifier_params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _loadable_classifier(self) -> "SchedulerSpec":
+        from fabric.scheduling.classify import load_classifier
+
+        load_classifier(self.classifier, self.classifier_params)  # a bad one fails at load
+        return self
 
     @field_validator("policy")
     @classmethod
@@ -218,7 +228,8 @@ class EndpointSpec(_Strict):
 class FabricSpec(_Strict):
     name: str = "fabric"
     regions: list[RegionSpec] = Field(min_length=1)
-    models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1, max_length=1)
+    models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1,
+                                    description="the first is the default (e.g. for --model)")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     power_clock: PowerClockSpec = Field(default_factory=PowerClockSpec)
     metering: MeteringSpec = Field(default_factory=MeteringSpec)
@@ -247,6 +258,22 @@ class FabricSpec(_Strict):
                 raise ValueError(f"models[{i}].hosting names unknown region/site: {', '.join(unknown)}")
             if m.max_replicas is not None and m.max_replicas < m.min_replicas:
                 raise ValueError(f"models[{i}]: max_replicas < min_replicas")
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"duplicate model id(s): {', '.join(dupes)}")
+        if "auto" in ids:
+            raise ValueError("model id 'auto' is reserved (it asks the fabric to choose)")
+        slugs = [model_slug(i) for i in ids]
+        if len(set(slugs)) < len(slugs):
+            raise ValueError(f"model ids {', '.join(ids)} collide in their endpoint paths "
+                             f"({', '.join(slugs)})")
+        for region, site in self.sites:
+            hosted = [m for m in self.models if (region, site) in self.hosting_sites(m)]
+            need = sum(m.replicas_per_site for m in hosted)
+            if len(hosted) > 1 and need > site.llm_slots:
+                raise ValueError(f"site {site.name!r} has {site.llm_slots} LLM slot(s) but models "
+                                 f"{', '.join(m.id for m in hosted)} need {need} there")
         return self
 
     def hosting_sites(self, model: "ModelSpec") -> list[tuple[str, SiteSpec]]:
@@ -266,6 +293,11 @@ class FabricSpec(_Strict):
     @property
     def model(self) -> ModelSpec:
         return self.models[0]
+
+
+def model_slug(model_id: str) -> str:
+    """A model id as a path segment and app name: ``Org/Model-7B`` -> ``org-model-7b``."""
+    return re.sub(r"[^a-z0-9]+", "-", model_id.lower()).strip("-") or "model"
 
 
 def _field_path(loc: tuple) -> str:

@@ -27,7 +27,8 @@ from ray.serve.llm.deployment import LLMServer
 from fabric.metering.records import attribute, billed_usd
 from fabric.metering.tenants import Gatekeeper, Refusal, key_hash
 from fabric.metering.tenants import from_spec as tenant_gate
-from fabric.routing.pick import NoAllowedReplica, Placement, allowed, check_hints, request_hints
+from fabric.routing.pick import (HINT_HEADERS, NoAllowedReplica, Placement, allowed, check_hints,
+                                 request_hints)
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec,
                          ModelSpec)
 
@@ -159,14 +160,28 @@ class TokenTap:
         return int(details.get("cached_tokens") or 0)
 
 
-def refusal(request: dict, here: Placement) -> tuple[int, str] | None:
+def refusal(request: dict, here: Placement, tier: str = "",
+            hint_headers: tuple[str, ...] = ()) -> tuple[int, str] | None:
     """The engine's own guard on fabric hints: (status, reason) if this replica must not
-    serve the request (already parsed; {} for malformed JSON, which the engine answers)."""
+    serve the request (already parsed; {} for malformed JSON, which the engine answers).
+    ``hint_headers``: the X-Fabric-* hint headers the request carries — on a model's own
+    endpoint the router never sees headers, so a hint there would be ignored: refused instead."""
+    if hint_headers:
+        return 400, (f"{', '.join(hint_headers)}: a model's own endpoint routes on "
+                     f"metadata.fabric_* hints only; send them there, or use a gateway "
+                     f"(/<region>/v1, or /v1 when the fabric serves several models)")
     hints = request_hints(SimpleNamespace(metadata=request.get("metadata")))
     try:
         check_hints(hints)
     except NoAllowedReplica as exc:
         return 400, str(exc)
+    metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
+    wanted_tier = metadata.get("fabric_tier", "auto")
+    if wanted_tier not in ("auto", "small", "large"):
+        return 400, "fabric_tier must be one of auto, small, large"
+    if tier and wanted_tier not in ("auto", tier):
+        return 400, (f"model {request.get('model')!r} is {tier}-tier but fabric_tier="
+                     f"{wanted_tier}: name the model or the tier (model: auto, on a gateway)")
     if allowed(here, hints):
         return None
     wanted = ", ".join(f"{k}={v}" for k, v in (("privacy", hints.privacy), ("region", hints.region))
@@ -265,13 +280,17 @@ class _FabricMiddleware:
         request, invalid = _parse_object(body)
         # refused requests are recorded too, with their status and no tokens
         tenant = self.gate.authenticate(_header(scope, b"authorization"))
+        behalf = _header(scope, b"x-fabric-on-behalf-of")
+        if behalf and not isinstance(tenant, Refusal):
+            tenant = self.gate.on_behalf_of(tenant, behalf)
         if isinstance(tenant, Refusal):
             await self._refuse(send, tenant.status, tenant.message, tenant.code, None)
             return self._record_refusal(scope, request, tenant.status, "", wall, started)
         if invalid:
             await self._refuse(send, 400, invalid, "invalid_request_body", None)
             return self._record_refusal(scope, request, 400, tenant.name, wall, started)
-        refused = refusal(request, self.here)
+        refused = refusal(request, self.here, self.ctx.tier,
+                          tuple(h for h in HINT_HEADERS if _header(scope, h.encode())))
         if refused:
             await self._refuse(send, *refused)
             return self._record_refusal(scope, request, refused[0], tenant.name, wall, started)
@@ -324,7 +343,8 @@ class _FabricMiddleware:
     def _record(self, scope, request: dict, tap: TokenTap, request_id: str, wall: float,
                 started: float, concurrency: float, tenant: str) -> dict:
         c = self.ctx
-        latency = time.perf_counter() - started
+        now = time.perf_counter()
+        latency = now - started
         metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
         energy, carbon, cost = attribute(c.power_w, latency, concurrency, c.pue,
                                          c.carbon_g_per_kwh, c.price_usd_per_mwh)
@@ -339,7 +359,7 @@ class _FabricMiddleware:
             "endpoint": scope.get("path", ""), "status": tap.status,
             "prompt_tokens": prompt, "completion_tokens": completion,
             "cached_tokens": tap.cached_tokens(),
-            "ttft_s": round((tap.first_token_at or time.perf_counter()) - started, 6),
+            "ttft_s": round((tap.first_token_at or now) - started, 6),
             "latency_s": round(latency, 6), "energy_j": round(energy, 6),
             "carbon_g": round(carbon, 9), "energy_cost_usd": round(cost, 12),
             "billed_usd": round(billed_usd(prompt, completion, c.price_in, c.price_out), 12)

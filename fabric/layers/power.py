@@ -34,6 +34,11 @@ class PowerGrid:
         """The grid at any replay offset, without moving the clock (for tests and what-ifs)."""
         return {"site": self.site.name, **self.model.state(offset_s).model_dump()}
 
+    def forecast(self, wall_times: list[float]) -> list[dict]:
+        """The grid at future wall-clock times (for a replayed profile: the profile itself;
+        the deferred queue chooses windows with it)."""
+        return [self.state_at(self.clock.offset(t)) for t in wall_times]
+
     def seek(self, offset_s: float) -> dict:
         """Move the replay clock (e.g. jump to a curtailment in a demo)."""
         import time
@@ -53,7 +58,8 @@ def start_curtailment(spec) -> dict | None:
     that curtailment's start (a demo's power event). Returns what happened, or None."""
     from fabric.layers import naming
 
-    for region, site in spec.hosting_sites(spec.model):
+    hosting = {s.name for m in spec.models for _, s in spec.hosting_sites(m)}
+    for region, site in ((r, s) for r, s in spec.sites if s.name in hosting):
         if site.power.curtailments:
             cut = site.power.curtailments[0]
             grid = ray.get_actor(naming.power(site.name), namespace=naming.NAMESPACE)

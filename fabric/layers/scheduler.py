@@ -48,7 +48,8 @@ class Scheduler:
         self._policy = make_policy(self._spec.scheduler.policy, **self._spec.scheduler.params)
         self._edge = {s.name: r.edge for r in self._spec.regions for s in r.sites}
         self._sites = {s.name: s for _, s in self._spec.sites}
-        self._max_inflight = int(self._spec.model.engine_kwargs.get("max_num_seqs", 64))
+        self._max_inflight = max(int(m.engine_kwargs.get("max_num_seqs", 64))
+                                 for m in self._spec.models)
         self._table = RoutingTable()
         self._snapshot: Snapshot | None = None
         self._capped: set[str] = set()

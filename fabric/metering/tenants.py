@@ -31,7 +31,7 @@ def from_spec(tenants: list[dict], internal_key_hash: str | None, share: float) 
         allowed_tiers=tuple(t["allowed_tiers"]) if t.get("allowed_tiers") is not None else None)
         for t in tenants}
     if table and internal_key_hash:
-        table[internal_key_hash] = TenantLimits(name="fabric-internal")
+        table[internal_key_hash] = TenantLimits(name=Gatekeeper.INTERNAL)
     return Gatekeeper(tenants=table, share=share)
 
 
@@ -89,6 +89,19 @@ class Gatekeeper:
         if tenant is None:
             return Refusal(401, "invalid API key", "invalid_api_key")
         return tenant
+
+    INTERNAL = "fabric-internal"
+
+    def on_behalf_of(self, caller: TenantLimits, name: str) -> TenantLimits | Refusal:
+        """The tenant a fabric service (the deferred queue) acts for: only the fabric's own key
+        may name one. An open fabric has no tenants: everyone is ``default``."""
+        if self.open:
+            return caller
+        if caller.name != self.INTERNAL:
+            return Refusal(403, "x-fabric-on-behalf-of is reserved for the fabric's own services",
+                           "permission_denied")
+        tenant = next((t for t in self.tenants.values() if t.name == name), None)
+        return tenant or Refusal(403, f"unknown tenant {name!r}", "permission_denied")
 
     def _window(self, tenant: str) -> _Window:
         now = self.clock()

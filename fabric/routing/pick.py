@@ -18,6 +18,10 @@ from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
 
 R = TypeVar("R")
 PRIVACY = ("none", "region", "edge")
+# Hints a gateway also reads from headers (request routers see only the body's metadata).
+HINT_HEADERS = {"x-fabric-tier": "fabric_tier", "x-fabric-privacy": "fabric_privacy",
+                "x-fabric-region": "fabric_region", "x-fabric-max-latency-ms": "fabric_max_latency_ms",
+                "x-fabric-deadline": "fabric_deadline"}
 
 
 class NoAllowedReplica(RuntimeError):

@@ -8,10 +8,11 @@ router, say): ``Classifier`` is the contract.
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 Tier = Literal["small", "large"]
 _CODE = re.compile(r"```|\bdef |\bclass |\bimport |#include|\bfunction\b|=>|;\s*$", re.M)
@@ -43,7 +44,8 @@ def _text(request: dict[str, Any]) -> tuple[str, int]:
     if isinstance(request.get("prompt"), str):
         return request["prompt"], 1
     parts, turns = [], 0
-    for m in request.get("messages") or []:
+    messages = request.get("messages")
+    for m in messages if isinstance(messages, list) else []:
         if not isinstance(m, dict):
             continue
         turns += m.get("role") == "user"
@@ -51,16 +53,21 @@ def _text(request: dict[str, Any]) -> tuple[str, int]:
         if isinstance(c, str):
             parts.append(c)
         elif isinstance(c, list):
-            parts += [p.get("text", "") for p in c if isinstance(p, dict)]
+            parts += [p["text"] for p in c if isinstance(p, dict) and isinstance(p.get("text"), str)]
     return "\n".join(parts), turns
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def features(request: dict[str, Any]) -> Features:
+    """Features of any JSON object (a malformed field counts as absent: the engine refuses it)."""
     text, turns = _text(request)
     rf = request.get("response_format")
     return Features(
         prompt_chars=len(text), turns=turns,
-        max_tokens=int(request.get("max_tokens") or request.get("max_completion_tokens") or 0),
+        max_tokens=_count(request.get("max_tokens")) or _count(request.get("max_completion_tokens")),
         code=bool(_CODE.search(text)), math=bool(_MATH.search(text)),
         json_output=bool(isinstance(rf, dict) and rf.get("type", "text") != "text") or bool(_JSON.search(text)),
         tools=bool(request.get("tools")))
@@ -68,6 +75,8 @@ def features(request: dict[str, Any]) -> Features:
 
 class RuleClassifier(BaseModel):
     """Score = Σ weights of the features present; large when score >= threshold."""
+
+    model_config = ConfigDict(extra="forbid")
 
     long_prompt_chars: int = 6000
     deep_conversation_turns: int = 6
@@ -88,3 +97,19 @@ class RuleClassifier(BaseModel):
         score = round(sum(self.weights.get(k, 0.0) for k in reasons), 3)
         return Decision(tier="large" if score >= self.threshold else "small", score=score,
                         reasons=reasons)
+
+
+def load_classifier(path: str, params: dict[str, Any] | None = None) -> Classifier:
+    """``module:Class`` built with ``params``; ValueError says what is wrong with either."""
+    module, _, name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"classifier {path!r} cannot be loaded: {exc}") from None
+    try:
+        built = cls(**(params or {}))
+    except Exception as exc:
+        raise ValueError(f"classifier {path!r} rejected its parameters: {exc}") from None
+    if not callable(getattr(built, "classify", None)):
+        raise ValueError(f"classifier {path!r} has no classify(request) method")
+    return built

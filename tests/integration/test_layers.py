@@ -115,7 +115,7 @@ def test_status_command_reports_every_layer(fabric):
         assert s["budget_w"] > 0 and s["headroom_w"] == pytest.approx(
             s["budget_w"] - s["facility_power_w"], abs=0.1)
     assert all(n["source"] == "model" for n in snap["nodes"])
-    assert {r["region"]: r["replicas"] for r in snap["regions"]} == {"edge": 1, "cloud": 1}
+    assert {r["region"]: r["replicas"] for r in snap["regions"]} == {"edge": 1, "cloud": 2}
     assert snap["routing_table"]["policy"] == "fabric"
     human = subprocess.run([sys.executable, "-m", "fabric.cli", "status", "--address",
                             fabric.cluster.address], capture_output=True, text=True, timeout=120)

@@ -94,7 +94,7 @@ def test_usage_command_reports_totals(fabric):
                         "--by", "site", "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert {row["site"] for row in rows} <= {"edge-a", "cloud-a"} and rows
+    assert {row["site"] for row in rows} <= {"edge-a", "cloud-a", "cloud-b"} and rows
     assert all(row["requests"] > 0 and row["j_per_token"] > 0 for row in rows)
     human = subprocess.run([sys.executable, "-m", "fabric.cli", "usage", "--path", fabric.ledger_path],
                            capture_output=True, text=True, timeout=120)

@@ -66,12 +66,13 @@ def test_metrics_reach_prometheus_with_sensible_values(fabric):
     missing = [name for name in EXPECTED if not got.get(name)]
     assert not missing, f"not exported: {missing}"
     sites = {s.name for _, s in fabric.spec.sites}
-    serving = {s.name for _, s in fabric.spec.hosting_sites(fabric.spec.model)}
+    serving = {s.name for m in fabric.spec.models for _, s in fabric.spec.hosting_sites(m)}
 
     assert total(got["ray_fabric_tokens_generated_total"]) >= tokens_before + 30
     assert {lab["site"] for lab, _ in got["ray_fabric_tokens_generated_total"]} <= serving
     labels = [lab for lab, _ in got["ray_fabric_tokens_generated_total"]]
-    assert all(lab["tenant"] and lab["model"] == model for lab in labels), [
+    assert all(lab["tenant"] and lab["model"] in {m.id for m in fabric.spec.models}
+               for lab in labels), [
         (lab.get("tenant"), lab.get("model"), lab.get("site")) for lab in labels]
     assert total(got["ray_fabric_requests_total"], status="200") >= 6
     assert total(got["ray_fabric_requests_refused_total"], reason="unauthenticated") >= 1

@@ -22,7 +22,7 @@ def generate(fabric, key: str, agent: str, region: str | None = None) -> None:
 
 def usage(fabric, key: str | None, **params) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    return httpx.get(fabric.usage_url, params=params, headers=headers, timeout=30)
+    return httpx.get(fabric.tenant_api_url + "/usage", params=params, headers=headers, timeout=30)
 
 
 def rows_by_agent(fabric, key: str, want: dict[str, int], timeout_s: float = 30) -> dict:
@@ -67,7 +67,7 @@ def test_each_tenant_sees_only_its_own_usage(fabric):
 def test_usage_requests_that_are_refused(fabric):
     for key, status in ((None, 401), ("not-a-key", 401)):
         r = usage(fabric, key)
-        assert r.status_code == status and r.json()["error"]["code"] == status
+        assert r.status_code == status and r.json()["error"]["code"] == "invalid_api_key"
     # no parameter names another tenant: asking for one is an error, not a silent no-op
     r = usage(fabric, KEYS["edge-only"], tenant="demo")
     assert r.status_code == 400 and "unknown parameter" in r.json()["error"]["message"]

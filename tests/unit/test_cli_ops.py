@@ -21,15 +21,30 @@ def test_serve_config_is_a_valid_serve_deploy_file(tmp_path):
     ServeDeploySchema.model_validate(config)
     assert config["http_options"]["port"] == 8123
     apps = {a["name"]: a for a in config["applications"]}
-    assert set(apps) == {"fabric", "region-edge", "region-cloud", "usage"}
-    assert apps["usage"]["route_prefix"] == "/fabric" and len(apps["usage"]["args"]["tenants"]) == 4
-    llm = LLMConfig.model_validate(apps["fabric"]["args"]["llm_configs"][0])
+    assert set(apps) == {"fabric", "model-tiny-llama", "model-tiny-llama-large", "region-edge",
+                         "region-cloud", "tenant-api"}
+    assert apps["tenant-api"]["route_prefix"] == "/fabric" and len(apps["tenant-api"]["args"]["tenants"]) == 4
+    small, large = apps["model-tiny-llama"], apps["model-tiny-llama-large"]
+    assert (small["route_prefix"], large["route_prefix"]) == ("/models/tiny-llama", "/models/tiny-llama-large")
+    llm = LLMConfig.model_validate(small["args"]["llm_configs"][0])
     assert llm.model_id == "tiny-llama" and llm.server_cls.__name__ == "FabricLLMServer"
+    assert llm.model_loading_config.model_source == "/models/tiny"      # --model: the first model
     router = llm.deployment_config["request_router_config"]["request_router_class"]
     assert router == "fabric.routing.router:FabricRequestRouter"
     assert llm.deployment_config["placement_group_bundle_label_selector"] == [
         {"fabric/site": "in(edge-a,cloud-a)"}]
-    assert apps["region-edge"]["args"] == {"region": "edge", "upstream": "http://127.0.0.1:8123/v1"}
+    big = LLMConfig.model_validate(large["args"]["llm_configs"][0])
+    assert big.deployment_config["placement_group_bundle_label_selector"] == [{"fabric/site": "in(cloud-b)"}]
+    assert big.model_loading_config.model_source.endswith(tuple("0123456789abcdef"))  # built offline
+    # /v1 chooses the model; each region's gateway pins its region
+    gateway = apps["fabric"]
+    assert gateway["import_path"] == "fabric.layers.gateway:build_gateway"
+    assert gateway["route_prefix"] == "/" and gateway["args"]["region"] is None
+    assert {m["id"]: m["url"] for m in gateway["args"]["models"]} == {
+        "tiny-llama": "http://127.0.0.1:8123/models/tiny-llama/v1",
+        "tiny-llama-large": "http://127.0.0.1:8123/models/tiny-llama-large/v1"}
+    assert apps["region-edge"]["args"]["region"] == "edge"
+    assert [m["edge"] for m in apps["region-edge"]["args"]["models"]] == [True, False]
 
 
 def test_simulate_command_reports_json_and_refuses_bad_input():

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from fabric.spec import FabricSpec, SpecError, default_spec_path, load_spec, parse_spec
@@ -102,3 +104,30 @@ def test_region_names_that_would_shadow_the_api_are_refused():
         with pytest.raises(SpecError, match="reserved"):
             parse_spec({"regions": [{"name": name, "sites": [{"name": "s", "capacity_mw": 1,
                                                                "power": {"budget_mw": 1}}]}]})
+
+
+def test_several_models_are_checked_at_load():
+    from fabric.spec import model_slug
+
+    two = {**GOOD, "models": [{"id": "small", "hosting": ["edge"]},
+                              {"id": "Org/Big-7B", "tier": "large", "hosting": ["cloud"]}]}
+    spec = parse_spec(two)
+    assert [m.id for m in spec.models] == ["small", "Org/Big-7B"] and model_slug("Org/Big-7B") == "org-big-7b"
+    for models, needle in (
+            ([{"id": "a"}, {"id": "a"}], "duplicate model id(s): a"),
+            ([{"id": "auto"}], "model id 'auto' is reserved"),
+            ([{"id": "a/b"}, {"id": "a-b"}], "collide in their endpoint paths"),
+            ([{"id": "a"}, {"id": "b", "hosting": ["edge-a"]}], "site 'edge-a' has 1 LLM slot(s) but models a, b need 2")):
+        with pytest.raises(SpecError, match=re.escape(needle)):
+            parse_spec({**GOOD, "models": models})
+
+
+def test_the_tier_classifier_is_pluggable_and_checked_at_load():
+    spec = parse_spec({**GOOD, "scheduler": {"classifier": "fabric.scheduling.classify:RuleClassifier",
+                                             "classifier_params": {"threshold": 0.9}}})
+    assert spec.scheduler.classifier_params == {"threshold": 0.9}
+    for classifier, params, needle in (("nowhere.mod:Thing", {}, "cannot be loaded"),
+                                       ("fabric.scheduling.classify:RuleClassifier", {"colour": 1}, "rejected its parameters"),
+                                       ("fabric.spec:EndpointSpec", {}, "has no classify(request) method")):
+        with pytest.raises(SpecError, match=re.escape(needle)):
+            parse_spec({**GOOD, "scheduler": {"classifier": classifier, "classifier_params": params}})

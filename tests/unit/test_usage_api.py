@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from fabric.layers.usage import parse_query, tenant_usage
+from fabric.layers.tenant_api import parse_query, tenant_usage
 from fabric.metering.store import LedgerStore
 from test_ledger_store import rec
 

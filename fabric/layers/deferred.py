@@ -1,0 +1,226 @@
+"""Deferred work: requests that may wait for a cheaper or greener window, up to a deadline.
+
+A client that does not need its answer now submits the request with a deadline
+(``POST /fabric/v1/deferred``) and collects the answer later (``GET .../deferred/<id>``) — no
+connection is held while it waits. The ``DeferredQueue`` actor (``fabric:deferred``) keeps
+the jobs in a write-ahead log (a submitted job survives the actor's restart; one that was
+running is run again), asks the sites' PowerGrid actors for the grid's forecast every tick,
+and releases each job when ``fabric.scheduling.deferral`` says now is its window — at the
+latest when its deadline, less a margin for the run, comes. A released job goes through the
+fabric's own endpoint on behalf of its tenant, so it is routed, limited, metered and billed
+like any other request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+import ray
+
+from fabric.scheduling.deferral import (DeferralPolicy, GridPoint, planned_start, sample_times,
+                                        scores, should_release)
+
+logger = logging.getLogger("fabric.deferred")
+DEFERRED_NAME = "fabric:deferred"
+PATHS = ("/v1/chat/completions", "/v1/completions")
+MAX_DEADLINE_S = 7 * 86400
+MIN_DEADLINE_S = 10.0
+VIEW = ("id", "object", "status", "endpoint", "created_at", "deadline", "planned_start",
+        "started_at", "finished_at", "attempts", "status_code", "error", "served_by")
+
+
+class JobStore:
+    """Jobs as an append-only JSON-lines log (fsynced before a submit is acknowledged); the
+    state is the log replayed. No Ray here."""
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / "jobs.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line was never acknowledged
+                self.jobs.setdefault(event["id"], {}).update(event)
+        for job in self.jobs.values():
+            if job["status"] == "running":  # cut off by a restart: run it again
+                job["status"] = "queued"
+        self._log = open(self.path, "ab")
+
+    def write(self, job_id: str, **fields) -> dict:
+        job = self.jobs.setdefault(job_id, {"id": job_id})
+        job.update(fields)
+        self._log.write(json.dumps({"id": job_id, **fields}, separators=(",", ":")).encode() + b"\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
+        return job
+
+
+def view(job: dict, with_response: bool = True) -> dict:
+    out = {k: job.get(k) for k in VIEW}
+    out["object"] = "fabric.deferred"
+    if with_response:
+        out["response"] = job.get("response")
+    return out
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class DeferredQueue:
+    def __init__(self, root: str, endpoint: str, internal_key: str, sites: list[str],
+                 policy: dict | None = None, tick_s: float = 1.0, concurrency: int = 32):
+        self.store = JobStore(root)
+        self.endpoint = endpoint.rstrip("/")          # http://host:port
+        self.internal_key = internal_key              # in memory only, never written
+        self.sites = sites
+        self.policy = DeferralPolicy(**(policy or {}))
+        self.tick_s = tick_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop = None
+        self._client = None
+
+    def _ensure_loop(self) -> None:
+        if self._loop is None or self._loop.done():
+            self._loop = asyncio.get_running_loop().create_task(self._forever())
+
+    async def submit(self, tenant: str, path: str, request: dict, deadline: float) -> dict:
+        self._ensure_loop()
+        now = time.time()
+        job = self.store.write(f"defer-{uuid.uuid4().hex}", status="queued", tenant=tenant,
+                               endpoint=path, request=request, created_at=round(now, 3),
+                               deadline=round(deadline, 3), attempts=0)
+        return view(job)
+
+    async def get(self, tenant: str, job_id: str) -> dict | None:
+        self._ensure_loop()
+        job = self.store.jobs.get(job_id)
+        return view(job) if job and job["tenant"] == tenant else None
+
+    async def list(self, tenant: str) -> list[dict]:
+        self._ensure_loop()
+        return [view(j, with_response=False) for j in self.store.jobs.values() if j["tenant"] == tenant]
+
+    async def cancel(self, tenant: str, job_id: str) -> dict | None:
+        job = self.store.jobs.get(job_id)
+        if not job or job["tenant"] != tenant:
+            return None
+        if job["status"] == "queued":
+            job = self.store.write(job_id, status="cancelled", finished_at=round(time.time(), 3))
+        return view(job)
+
+    async def ping(self) -> bool:
+        self._ensure_loop()
+        return True
+
+    async def _forever(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except Exception as exc:  # a bad tick must not stop the queue
+                logger.warning("deferred queue tick failed: %s", exc)
+            await asyncio.sleep(self.tick_s)
+
+    async def _forecast(self, times: list[float]) -> list[list[GridPoint]]:
+        from fabric.layers import naming
+
+        rows: list[list[GridPoint]] = [[] for _ in times]
+        for site in self.sites:
+            try:
+                grid = ray.get_actor(naming.power(site), namespace=naming.NAMESPACE)
+                states = await grid.forecast.remote(times)
+            except Exception:  # a site without a grid answer is left out of the forecast
+                continue
+            for row, s in zip(rows, states):
+                row.append(GridPoint(s["price_usd_per_mwh"], s["carbon_g_per_kwh"], s["curtailed"]))
+        return rows
+
+    async def _tick(self) -> None:
+        now = time.time()
+        queued = [j for j in self.store.jobs.values() if j["status"] == "queued"
+                  and j["id"] not in self._running and j.get("retry_at", 0) <= now]
+        if not queued:
+            return
+        latest = {j["id"]: j["deadline"] - self.policy.margin_s for j in queued}
+        times = sample_times(now, max(latest.values()), self.policy.samples)
+        forecast = await self._forecast(times)
+        for job in queued:
+            idx = [i for i, t in enumerate(times) if t <= max(latest[job["id"]], now)]
+            rows = [forecast[i] for i in idx]
+            job_scores = scores(rows, self.policy) if all(rows) else []
+            if job_scores and job.get("planned_start") is None:
+                self.store.write(job["id"], planned_start=round(planned_start(
+                    [times[i] for i in idx], job_scores), 3))
+            if should_release(now, latest[job["id"]], job_scores, self.policy):
+                self._running.add(job["id"])
+                task = asyncio.get_running_loop().create_task(self._run(job["id"]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job_id: str) -> None:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10))
+        try:
+            async with self._slots:
+                job = self.store.jobs[job_id]
+                if job["status"] != "queued":
+                    return
+                job = self.store.write(job_id, status="running", started_at=round(time.time(), 3),
+                                       attempts=job.get("attempts", 0) + 1)
+                headers = {"authorization": f"Bearer {self.internal_key}",
+                           "x-fabric-on-behalf-of": job["tenant"]}
+                try:
+                    r = await self._client.post(self.endpoint + job["endpoint"], json=job["request"],
+                                                headers=headers)
+                    body = r.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    return self._retry_or_fail(job, 0, f"the fabric did not answer: {exc}")
+                if r.status_code == 200:
+                    served = {k: r.headers.get(f"x-fabric-{k}", "") for k in ("region", "site", "model")}
+                    served["model"] = served["model"] or (body.get("model", "") if isinstance(body, dict) else "")
+                    self.store.write(job_id, status="completed", status_code=200, response=body,
+                                     served_by=served, finished_at=round(time.time(), 3))
+                elif r.status_code in (429, 500, 502, 503, 504):
+                    message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
+                    self._retry_or_fail(job, r.status_code, message or r.text[:500])
+                else:
+                    error = body.get("error") if isinstance(body, dict) else None
+                    self.store.write(job_id, status="failed", status_code=r.status_code,
+                                     error=(error or {}).get("message") or r.text[:500],
+                                     finished_at=round(time.time(), 3))
+        finally:
+            self._running.discard(job_id)
+
+    def _retry_or_fail(self, job: dict, status: int, message: str) -> None:
+        """A transient refusal: back in the queue, retried after a backoff (1, 2, 4 … 30 s)
+        while its deadline allows; else failed with the last reason."""
+        now = time.time()
+        if now < job["deadline"]:
+            backoff = min(30.0, 2.0 ** (job.get("attempts", 1) - 1))
+            self.store.write(job["id"], status="queued", status_code=status, error=message,
+                             retry_at=round(min(now + backoff, job["deadline"]), 3))
+        else:
+            self.store.write(job["id"], status="failed", status_code=status, error=message,
+                             finished_at=round(time.time(), 3))
+
+
+def start_deferred(spec, root: str, internal_key: str, head_label: dict):
+    from fabric.layers import naming
+
+    actor = DeferredQueue.options(name=DEFERRED_NAME, namespace=naming.NAMESPACE,
+                                  lifetime="detached", get_if_exists=True,
+                                  label_selector=head_label).remote(
+        root, f"http://{spec.endpoint.host}:{spec.endpoint.port}", internal_key,
+        sorted({s.name for m in spec.models for _, s in spec.hosting_sites(m)}))
+    ray.get(actor.ping.remote())
+    return actor

@@ -1,0 +1,171 @@
+"""Layer 5, gateways: where an endpoint must choose a model, or pin a region, before the
+request router picks a replica.
+
+A model's own app (``/v1`` when the fabric serves one model, ``/models/<slug>/v1`` for each
+model otherwise) is the no-hop data path: HAProxy asks the model's request router for a
+replica and streams bytes straight to its engine. A router only sees one model's replicas,
+and HAProxy routes on the path alone, so a choice *between* models costs one local HTTP pass
+through a gateway:
+
+- ``/v1`` when the fabric serves several models: the model is the request's ``model``, or, for
+  ``model: auto``, its ``fabric_tier`` hint or the complexity classifier
+  (``fabric.scheduling.tiers``); the request goes on to that model's app.
+- ``/<region>/v1``: the same, with ``metadata.fabric_region`` stamped, so the router offers
+  only that region's replicas (and refuses, rather than reroutes, when there are none).
+
+Gateways also read fabric hints from ``X-Fabric-*`` headers (tier, privacy, region, max
+latency, deadline) into ``metadata``, and stamp their choice on the response
+(``x-fabric-model``, ``x-fabric-tier``, ``x-fabric-tier-by``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from starlette.background import BackgroundTask
+
+from fabric.routing.pick import HINT_HEADERS
+from fabric.scheduling.classify import load_classifier
+from fabric.scheduling.tiers import AUTO, CatalogModel, ChoiceError, choose_model
+from fabric.spec import ROLE_LABEL
+
+FORWARD_HEADERS = ("authorization", "x-session-id", "x-fabric-agent", "x-request-id",
+                   "x-fabric-on-behalf-of")
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+def openai_error(status: int, message: str, type_: str, param: str | None = None,
+                 code: str | int | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param,
+                                   "code": code or status}}, status_code=status)
+
+
+ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
+
+
+def with_hints(body: dict, headers, region: str | None) -> dict:
+    """The body with header hints and the endpoint's region merged into ``metadata`` (placed
+    first: the router reads hints from a possibly truncated prefix of the body). Raises
+    ChoiceError when the request pins another region than the endpoint's."""
+    metadata = body.pop("metadata", None)
+    metadata = dict(metadata) if isinstance(metadata, dict) else {}
+    for header, key in HINT_HEADERS.items():
+        value = headers.get(header)
+        if value is not None and key not in metadata:
+            metadata[key] = value
+    if region is not None:
+        if metadata.get("fabric_region") not in (None, region):
+            raise ChoiceError(400, f"this endpoint serves region {region!r}; fabric_region="
+                              f"{metadata['fabric_region']} asks for another", "metadata", "invalid_hint")
+        metadata["fabric_region"] = region
+    return {"metadata": metadata, **body}
+
+
+app = FastAPI()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0, "label_selector": {ROLE_LABEL: "head"}},
+                  max_ongoing_requests=1000)
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, models: list[dict], region: str | None = None,
+                 classifier: str = "fabric.scheduling.classify:RuleClassifier",
+                 classifier_params: dict | None = None):
+        self.region = region
+        self.catalog = [CatalogModel(id=m["id"], tier=m["tier"], regions=frozenset(m["regions"]),
+                                     edge=m["edge"]) for m in models]
+        self.urls = {m["id"]: m["url"].rstrip("/") for m in models}
+        self.classifier = load_classifier(classifier, classifier_params)
+        self.created = int(time.time())
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10),
+                                        limits=httpx.Limits(max_connections=1000))
+
+    @app.get("/v1/models")
+    async def models(self) -> JSONResponse:
+        served = [m for m in self.catalog if self.region is None or self.region in m.regions]
+        data = [{"id": AUTO, "object": "model", "created": self.created, "owned_by": "token-fabric",
+                 "tier": AUTO}]
+        data += [{"id": m.id, "object": "model", "created": self.created, "owned_by": "token-fabric",
+                  "tier": m.tier, "regions": sorted(m.regions)} for m in served]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        return await self._forward("chat/completions", request)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._forward("completions", request)
+
+    async def _forward(self, path: str, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError as exc:
+            return openai_error(400, f"request body is not valid JSON: {exc}", "BadRequestError", "body")
+        if not isinstance(body, dict):
+            return openai_error(400, "request body must be a JSON object", "BadRequestError", "body")
+        try:
+            body = with_hints(body, request.headers, self.region)
+            choice = choose_model(body, self.catalog, self.classifier)
+        except ChoiceError as exc:
+            return openai_error(exc.status, exc.message, ERROR_TYPES.get(exc.status, "APIError"),
+                                exc.param, exc.code)
+        body["metadata"]["fabric_tier"] = choice.tier
+        body["model"] = choice.model
+        forward = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_HEADERS}
+        upstream = self.client.build_request("POST", f"{self.urls[choice.model]}/{path}",
+                                             json=body, headers=forward)
+        try:
+            r = await self.client.send(upstream, stream=True)
+        except httpx.HTTPError as exc:
+            return openai_error(503, f"model {choice.model!r} is unreachable: {exc}",
+                                "ServiceUnavailableError")
+        if r.status_code == 503 and "json" not in r.headers.get("content-type", ""):
+            await r.aclose()  # no replica at all (the proxy answered, not an engine)
+            where = f" in region {self.region!r}" if self.region else ""
+            return openai_error(503, f"no replica of model {choice.model!r}{where} can serve now",
+                                "ServiceUnavailableError")
+        headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
+        headers.update({"x-fabric-model": choice.model, "x-fabric-tier": choice.tier,
+                        "x-fabric-tier-by": choice.by})
+        if choice.score is not None:
+            headers["x-fabric-tier-score"] = f"{choice.score:g}"
+        return StreamingResponse(r.aiter_raw(), status_code=r.status_code, headers=headers,
+                                 background=BackgroundTask(r.aclose))
+
+
+def catalog(spec, urls: dict[str, str]) -> list[dict]:
+    """The gateway's view of the spec's models: tier, hosting regions, edge, app URL."""
+    edge_regions = {r.name for r in spec.regions if r.edge}
+    out = []
+    for m in spec.models:
+        regions = sorted({region for region, _ in spec.hosting_sites(m)})
+        out.append({"id": m.id, "tier": m.tier, "regions": regions,
+                    "edge": bool(set(regions) & edge_regions), "url": urls[m.id]})
+    return out
+
+
+def gateway_args(spec, urls: dict[str, str], region: str | None) -> dict:
+    return {"models": catalog(spec, urls), "region": region,
+            "classifier": spec.scheduler.classifier,
+            "classifier_params": spec.scheduler.classifier_params}
+
+
+def build_gateway(args: dict):
+    """Serve config builder (``import_path: fabric.layers.gateway:build_gateway``)."""
+    return Gateway.bind(**args)
+
+
+def deploy_regional(spec, urls: dict[str, str]) -> dict[str, str]:
+    """One gateway per region at ``/<region>/v1``; returns region -> base URL."""
+    out = {}
+    for region in spec.regions:
+        serve.run(build_gateway(gateway_args(spec, urls, region.name)), name=f"region-{region.name}",
+                  route_prefix=f"/{region.name}", blocking=False)
+        out[region.name] = f"http://{spec.endpoint.host}:{spec.endpoint.port}/{region.name}/v1"
+    return out
