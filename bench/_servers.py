@@ -8,6 +8,8 @@ settings (fabric.layers.llm.CPU_ENGINE_DEFAULTS / CPU_ENGINE_ENV, max_model_len 
     b  ray      ray.serve.llm's OpenAI app, default mode (proxy -> ingress -> LLMServer)
     c  direct   ray.serve.llm with direct streaming + HAProxy
     d  fabric   the fabric (fabric.runtime.running_fabric): routing + metering on, one engine
+    e  gateway  the same fabric through a gateway (/edge/v1): the local HTTP pass that choosing
+                a model (tiers) or pinning a region costs
 
 (b) and (c) run in a subprocess started from this file (``python bench/_servers.py ray-llm``):
 Ray Serve reads its data-path switches when first imported, and ``import fabric`` sets them,
@@ -37,6 +39,7 @@ TARGETS = {
     "b": "ray.serve.llm default",
     "c": "ray.serve.llm direct+HAProxy",
     "d": "fabric (routing+metering)",
+    "e": "fabric via a gateway",
 }
 
 # Ray Serve's data-path switches: (b) runs with all of them off, (c) with the first two on.
@@ -350,7 +353,8 @@ def _serve_ray_llm(spec: dict) -> None:
 
 
 @contextlib.contextmanager
-def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = LOCAL_SPEC):
+def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = LOCAL_SPEC,
+                  gateway: bool = False):
     """(d) the fabric itself, restricted to ONE hosting site (edge-a) so that it runs one engine
     like the others; the rest of the fabric (all sites' raylets, power/site/GPU actors,
     scheduler, ledger, regional endpoints) runs as usual. Yields (base_url, pids to watch)."""
@@ -376,7 +380,7 @@ def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = 
             try:
                 with running_fabric(spec, model=model_path, step=step) as fab:
                     started = True
-                    yield fab.base_url, terminal
+                    yield fab.regional_urls["edge"] if gateway else fab.base_url, terminal
             except Exception as exc:
                 if started:
                     raise
@@ -389,8 +393,8 @@ def serving(target: str, model_path: str, engine_kwargs: dict, engine_env: dict,
             bare_omp_threads: int = 1):
     """Run one target ("a".."d"); yields (base URL, stream for the report). While the fabric
     runs in this process its output goes to ``log_path``; the report stream is the terminal."""
-    if target == "d":
-        with fabric_server(model_path, log_path) as (url, terminal):
+    if target in ("d", "e"):
+        with fabric_server(model_path, log_path, gateway=target == "e") as (url, terminal):
             yield url, terminal
         return
     if target == "a":

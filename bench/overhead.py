@@ -35,7 +35,7 @@ bench/results/overhead-<target>-<process>.txt) and prints their top frames.
 Writes bench/results/overhead.json; server logs go to bench/results/overhead-<target>.log.
 About 10 minutes with the defaults.
 
-    .venv/bin/python bench/overhead.py [--targets a,b,c,d] [--requests-per-level 128]
+    .venv/bin/python bench/overhead.py [--targets a,b,c,d,e] [--requests-per-level 128]
                                        [--concurrency 1,16,64] [--profile]
 """
 
@@ -467,23 +467,23 @@ def report(results: dict, args) -> dict:
             say(f"{t + ' ' + r['name']:<32} FAILED: {r['error'].splitlines()[0]}")
 
     ratios: dict = {}
-    for base in ("a", "b", "c"):
-        if "levels" not in results.get("d", {}) or "levels" not in results.get(base, {}):
+    for top, base in (("d", "a"), ("d", "b"), ("d", "c"), ("e", "d")):
+        if "levels" not in results.get(top, {}) or "levels" not in results.get(base, {}):
             continue
         rows = []
         for c in args.concurrency:
             for stream in (True, False):
-                d, b = level(results["d"], c, stream), level(results[base], c, stream)
+                d, b = level(results[top], c, stream), level(results[base], c, stream)
                 if d and b and b["req_per_s"]:
                     rows.append({"concurrency": c, "stream": stream,
                                  "throughput_ratio": round(d["req_per_s"] / b["req_per_s"], 3)})
-        c1d, c1b = level(results["d"], min(args.concurrency), True), level(results[base], min(args.concurrency), True)
+        c1d, c1b = level(results[top], min(args.concurrency), True), level(results[base], min(args.concurrency), True)
         delta = (round(c1d["ttft_p50_ms"] - c1b["ttft_p50_ms"], 2)
                  if c1d and c1b and c1d["ttft_p50_ms"] is not None and c1b["ttft_p50_ms"] is not None else None)
-        ratios[f"d/{base}"] = {"throughput": rows, "ttft_p50_delta_ms_c1": delta}
+        ratios[f"{top}/{base}"] = {"throughput": rows, "ttft_p50_delta_ms_c1": delta}
     if ratios:
-        say("\nfabric (d) against each baseline: throughput ratio (req/s), TTFT p50 delta at "
-            f"c={min(args.concurrency)}")
+        say("\nthe fabric (d) against each baseline, and the gateway (e) against d: throughput "
+            f"ratio (req/s), TTFT p50 delta at c={min(args.concurrency)}")
         header = "".join(f"{f'c={c} ' + ('strm' if s else 'plain'):>13}" for c in args.concurrency for s in (True, False))
         say(f"{'':<6}{header}{'ttft Δ ms':>12}")
         for name, r in ratios.items():
@@ -584,7 +584,8 @@ def _trivial(frame: str) -> bool:
 
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--targets", default="a,b,c,d", help="which of a,b,c,d to run (default all)")
+    ap.add_argument("--targets", default="a,b,c,d",
+                    help="which of a,b,c,d,e to run (default a-d; e: through a gateway)")
     ap.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
     ap.add_argument("--requests-per-level", type=int, default=128,
                     help="requests per (concurrency, mode) level; at least 6x the concurrency")
@@ -599,7 +600,7 @@ def main() -> dict:
     add_machine_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args()
-    targets = [t for t in "abcd" if t in args.targets.split(",")]
+    targets = [t for t in "abcde" if t in args.targets.split(",")]
     if not targets or set(args.targets.split(",")) - set(TARGETS):
         ap.error(f"--targets: choose from {','.join(TARGETS)}")
     args.concurrency = sorted({int(c) for c in args.concurrency.split(",")})

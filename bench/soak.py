@@ -1,5 +1,6 @@
 """bench/soak: the whole local fabric under a steady agent load for minutes — zero errors and
-flat memory expected.
+flat memory expected (or, for a cache filling up, growth that slows down: the report splits
+each top-growing process's growth into the first and second half of the measured window).
 
 Brings the local fabric up (deployments/local.yaml), runs 64 agents (AgentSwarm actors) in
 conversations with short think times for ``--duration`` seconds, and samples the resident
@@ -74,6 +75,13 @@ def main() -> None:
     first = next((snap for t, snap in snapshots if t >= warm_s), snapshots[0][1] if snapshots else {})
     last = snapshots[-1][1] if snapshots else {}
     growth = sorted(((round(last[k] - first[k], 1), k) for k in last.keys() & first.keys()), reverse=True)
+    # bounded or not: a process that grows less in the second half of the measured window than
+    # in the first is settling (a cache filling up); one that grows as much is leaking
+    measured = [(t, snap) for t, snap in snapshots if t >= warm_s]
+    mid = measured[len(measured) // 2][1] if measured else {}
+    halves = [{"process": k, "first_half_mib": round(mid.get(k, first[k]) - first[k], 1),
+               "second_half_mib": round(last[k] - mid.get(k, first[k]), 1)}
+              for _, k in growth[:8] if k in first]
     result = {"agents": args.agents, "duration_s": args.duration, "requests": report.steps,
               "succeeded": report.succeeded, "errors": report.errors, "refused": report.refused,
               "tokens_out": report.tokens_out, "requests_per_s": round(report.requests_per_s, 1),
@@ -81,7 +89,8 @@ def main() -> None:
               "rss_mib_last": warm[-1] if warm else None,
               "rss_ratio_last_over_warm": round(warm[-1] / warm[0], 3) if warm else None,
               "rss_mib_max": max(warm) if warm else None,
-              "top_growth_mib": [{"process": k, "mib": g} for g, k in growth[:8]], "samples": samples}
+              "top_growth_mib": [{"process": k, "mib": g} for g, k in growth[:8]],
+              "top_growth_by_half": halves, "samples": samples}
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

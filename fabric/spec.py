@@ -137,6 +137,9 @@ class SiteSpec(_Strict):
 class RegionSpec(_Strict):
     name: str
     edge: bool = Field(False, description="edge region: privacy=edge requests may run here only")
+    latency_class: Literal["near", "regional", "far"] = Field(
+        "regional", description="how far the region is from its clients (the fabric policy "
+        "prefers nearer regions, all else equal)")
     sites: list[SiteSpec] = Field(min_length=1)
 
     _name = field_validator("name")(_check_name)

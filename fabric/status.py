@@ -53,7 +53,7 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     nodes = [{"site": s["site"], "region": s["region"], **{k: r[k] for k in (
         "node_id", "source", "power_w", "engine_utilisation", "inflight", "replicas",
         "tokens_per_s", "requests_per_s")},
-        "gpus": r["gpus"]} for s in sites for r in s["node_readings"]]
+        "gpus": r["gpus"], "engines": r.get("engines", [])} for s in sites for r in s["node_readings"]]
     regions: dict[str, dict] = {}
     for s in sites:
         reg = regions.setdefault(s["region"], {"region": s["region"], "sites": [], "replicas": 0,
@@ -94,6 +94,17 @@ def render(snap: dict, console) -> None:
         t.add_row(n["site"], n["node_id"][:8], f"{n['power_w']:.0f} W source={n['source']}",
                   f"{len(n['gpus'])}× {n['gpus'][0]['name'] if n['gpus'] else '-'}",
                   f"{n['engine_utilisation']:.0%}", str(n["inflight"]))
+    console.print(t)
+    t = Table(title="L4 engines (vLLM's own scheduler stats)", title_justify="left")
+    for col in ("site", "model", "replica", "in flight", "running", "waiting", "KV cache", "tokens/s", "healthy"):
+        t.add_column(col)
+    unknown = lambda v, fmt="{}": "-" if v is None else fmt.format(v)  # noqa: E731
+    for n in snap["nodes"]:
+        for e in n.get("engines", []):
+            t.add_row(n["site"], e["model"] or "-", e["replica"][-8:], str(e["inflight"]),
+                      unknown(e["running"]), unknown(e["waiting"]),
+                      unknown(e["kv_cache_usage"], "{:.1%}"), f"{e['tokens_per_s']:.0f}",
+                      "yes" if e["healthy"] else "no")
     console.print(t)
     t = Table(title="L4–L6 regions, replicas, routing", title_justify="left")
     for col in ("region", "sites", "replicas", "running+waiting", "tokens/s", "weight", "endpoint"):

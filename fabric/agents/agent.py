@@ -139,6 +139,8 @@ class Agent:
                 "metadata": {**hints.metadata(time.time()), "fabric_agent": self.agent_id}}
         headers = {"authorization": f"Bearer {self.ep.api_key}", "x-request-id": step.request_id,
                    "x-session-id": f"{self.agent_id}/{task}/{depth}", "x-fabric-agent": self.agent_id}
+        if hints.deadline_s is not None:
+            return await self._deferred(step, body, hints.deadline_s, start)
         text: list[str] = []
         try:
             async with self.http.post(f"{self.ep.base_url}/chat/completions", json=body,
@@ -178,6 +180,61 @@ class Agent:
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             step.error = f"{type(exc).__name__}: {exc}"[:200]
         return step, "".join(text)
+
+
+    async def _deferred(self, step: Step, body: dict, deadline_s: float,
+                        start: float) -> tuple[Step, str]:
+        """A step with a deadline goes to the tenants' deferred API and is polled for (backing
+        off to 10 s): the fabric runs it in a cheaper or greener window before the deadline.
+        Its latency is submission to answer; it has no separate first token."""
+        api = f"{_root(self.ep.base_url)}/fabric/v1/deferred"
+        auth = {"authorization": f"Bearer {self.ep.api_key}"}
+        request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        try:
+            async with self.http.post(api, json={"body": request, "deadline_s": deadline_s},
+                                      headers=auth) as resp:
+                if resp.status != 202:
+                    step.status, step.error = resp.status, _error_message(await resp.read())
+                    return step, ""
+                job = await resp.json()
+            poll = 0.5
+            while job["status"] in ("queued", "running"):
+                await asyncio.sleep(poll)
+                poll = min(10.0, poll * 1.5)
+                async with self.http.get(f"{api}/{job['id']}", headers=auth) as resp:
+                    if resp.status != 200:
+                        step.status, step.error = resp.status, _error_message(await resp.read())
+                        return step, ""
+                    job = await resp.json()
+        except asyncio.CancelledError:
+            step.error = "cancelled"
+            self.sink(step)
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            step.error = f"{type(exc).__name__}: {exc}"[:200]
+            return step, ""
+        step.status = job.get("status_code") or 0
+        served = job.get("served_by") or {}
+        step.region, step.site = served.get("region", ""), served.get("site", "")
+        if job["status"] != "completed":
+            step.error = f"deferred job {job['status']}: {job.get('error') or ''}"[:200]
+            return step, ""
+        response = job.get("response") or {}
+        usage = response.get("usage") or {}
+        step.prompt_tokens = usage.get("prompt_tokens", 0)
+        step.completion_tokens = usage.get("completion_tokens", 0)
+        step.latency_s = step.ttft_s = time.monotonic() - start
+        step.ok = True
+        choices = response.get("choices") or [{}]
+        return step, ((choices[0].get("message") or {}).get("content") or "")
+
+
+def _root(base_url: str) -> str:
+    """scheme://host:port of an endpoint URL (the tenants' API lives at the root)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _error_message(raw: bytes) -> str:

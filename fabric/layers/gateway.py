@@ -45,7 +45,8 @@ def openai_error(status: int, message: str, type_: str, param: str | None = None
                                    "code": code or status}}, status_code=status)
 
 
-ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
+ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError",
+               503: "ServiceUnavailableError"}
 
 
 def with_hints(body: dict, headers, region: str | None) -> dict:
@@ -75,8 +76,9 @@ app = FastAPI()
 class Gateway:
     def __init__(self, models: list[dict], region: str | None = None,
                  classifier: str = "fabric.scheduling.classify:RuleClassifier",
-                 classifier_params: dict | None = None):
+                 classifier_params: dict | None = None, max_body_mb: float = 8.0):
         self.region = region
+        self.max_body = int(max_body_mb * 2**20)
         self.catalog = [CatalogModel(id=m["id"], tier=m["tier"], regions=frozenset(m["regions"]),
                                      edge=m["edge"]) for m in models]
         self.urls = {m["id"]: m["url"].rstrip("/") for m in models}
@@ -102,9 +104,27 @@ class Gateway:
     async def completions(self, request: Request) -> Response:
         return await self._forward("completions", request)
 
+    async def _read(self, request: Request) -> bytes | None:
+        """The body, or None once it passes the limit (refused on Content-Length before any
+        of it is read)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _forward(self, path: str, request: Request) -> Response:
+        raw = await self._read(request)
+        if raw is None:
+            return openai_error(413, f"request body too large: the limit is {self.max_body / 2**20:g} MiB",
+                                "RequestTooLargeError", None, "request_too_large")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except ValueError as exc:
             return openai_error(400, f"request body is not valid JSON: {exc}", "BadRequestError", "body")
         if not isinstance(body, dict):
@@ -153,7 +173,8 @@ def catalog(spec, urls: dict[str, str]) -> list[dict]:
 def gateway_args(spec, urls: dict[str, str], region: str | None) -> dict:
     return {"models": catalog(spec, urls), "region": region,
             "classifier": spec.scheduler.classifier,
-            "classifier_params": spec.scheduler.classifier_params}
+            "classifier_params": spec.scheduler.classifier_params,
+            "max_body_mb": spec.endpoint.max_body_mb}
 
 
 def build_gateway(args: dict):

@@ -29,6 +29,7 @@ class GPUMonitor:
                                                         pool.tdp_w, pool.idle_w)
         self._load: dict[str, tuple[float, int, float]] = {}  # replica -> (util, inflight, at)
         self._counts: dict[str, list[tuple[float, int, int]]] = {}  # replica -> (at, reqs, tokens)
+        self._engine: dict[str, dict] = {}  # replica -> model and engine stats
 
     def where(self) -> dict:
         """The node this actor runs on and its labels (placement is checked, not assumed)."""
@@ -36,10 +37,13 @@ class GPUMonitor:
         return {"node_id": ctx.get_node_id(), "labels": ctx.get_node_labels()}
 
     def report_load(self, replica: str, utilisation: float, inflight: int,
-                    requests: int = 0, tokens_out: int = 0) -> dict:
-        """Record an engine's load; answer with the node's power now (for energy metering)."""
+                    requests: int = 0, tokens_out: int = 0, model: str = "",
+                    stats: dict | None = None) -> dict:
+        """Record an engine's load (and its scheduler stats: running, waiting, KV-cache use);
+        answer with the node's power now (for energy metering)."""
         now = time.time()
         self._load[replica] = (utilisation, inflight, now)
+        self._engine[replica] = {"model": model, **(stats or {})}
         window = self._counts.setdefault(replica, [])
         window.append((now, requests, tokens_out))
         while len(window) > 2 and now - window[0][0] > RATE_WINDOW_S:
@@ -47,6 +51,25 @@ class GPUMonitor:
         util, _, _ = self._engine_load()
         return {"power_w": round(sum(g.power_w for g in self.gpus.read(util)), 2),
                 "source": self.gpus.source, "pue": self.site.pue}
+
+    def _replicas(self) -> list[dict]:
+        """Each engine replica that reported here: load, engine stats, tokens/s, health (a
+        replica that stopped reporting is unhealthy until it is forgotten)."""
+        now = time.time()
+        out = []
+        for replica, (util, inflight, at) in sorted(self._load.items()):
+            if now - at > 20 * LOAD_STALE_S:
+                continue
+            window = self._counts.get(replica, [])
+            tok_s = 0.0
+            if len(window) >= 2 and window[-1][0] > window[0][0]:
+                tok_s = (window[-1][2] - window[0][2]) / (window[-1][0] - window[0][0])
+            engine = self._engine.get(replica, {})
+            out.append({"replica": replica, "model": engine.get("model", ""), "inflight": inflight,
+                        "running": engine.get("running"), "waiting": engine.get("waiting"),
+                        "kv_cache_usage": engine.get("kv_cache_usage"),
+                        "tokens_per_s": round(tok_s, 1), "healthy": now - at < LOAD_STALE_S})
+        return out
 
     def _rates(self) -> tuple[float, float, int]:
         """Requests/s and tokens/s over the last few seconds, and tokens out since start."""
@@ -76,7 +99,7 @@ class GPUMonitor:
                 "gpus": gpus, "power_w": round(sum(g["power_w"] for g in gpus), 2),
                 "engine_utilisation": round(util, 4), "inflight": inflight, "replicas": replicas,
                 "requests_per_s": round(req_s, 2), "tokens_per_s": round(tok_s, 1),
-                "tokens_out_total": tokens_total}
+                "tokens_out_total": tokens_total, "engines": self._replicas()}
 
     def set_power_limit(self, index: int, watts: float) -> dict:
         return self.gpus.set_power_limit(index, watts)

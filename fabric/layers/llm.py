@@ -189,6 +189,39 @@ def refusal(request: dict, here: Placement, tier: str = "",
     return 503, f"no capacity allowed for this request ({wanted}): no replica there can serve it now"
 
 
+class EngineStats:
+    """The engine's latest scheduler stats (running and waiting requests, KV-cache use), taken
+    from the stats vLLM already hands its loggers after each step — no extra call."""
+
+    def __init__(self) -> None:
+        self.running: int | None = None
+        self.waiting: int | None = None
+        self.kv_cache_usage: float | None = None
+
+    def attach(self, engine) -> bool:
+        """Wrap the engine's stat-logger manager; False where its stats are off or unreachable
+        (then the signals say unknown, never a made-up value)."""
+        manager = getattr(getattr(engine, "_engine_client", None), "logger_manager", None)
+        record = getattr(manager, "record", None)
+        if record is None:
+            return False
+
+        def record_and_keep(*args, **kwargs):
+            stats = kwargs.get("scheduler_stats", args[0] if args else None)
+            if stats is not None:
+                self.running = getattr(stats, "num_running_reqs", None)
+                self.waiting = getattr(stats, "num_waiting_reqs", None)
+                self.kv_cache_usage = getattr(stats, "kv_cache_usage", None)
+            return record(*args, **kwargs)
+
+        manager.record = record_and_keep
+        return True
+
+    def as_dict(self) -> dict:
+        return {"running": self.running, "waiting": self.waiting,
+                "kv_cache_usage": self.kv_cache_usage}
+
+
 @dataclass
 class ReplicaContext:
     """What the data path needs to know about its replica to meter a request, refreshed in
@@ -446,6 +479,8 @@ class FabricLLMServer(LLMServer):
         metrics = EngineMetrics(where["region"], where["site"], self._llm_config.model_id)
         _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter,
                                      here=here, ctx=self._ctx, gate=gate, metrics=metrics)
+        self._stats = EngineStats()
+        self._stats.attach(self.engine)
         self._background = asyncio.get_running_loop().create_task(self._report(where))
         return app
 
@@ -474,7 +509,8 @@ class FabricLLMServer(LLMServer):
             m = self._meter
             try:
                 reading = await (await actor("monitor")).report_load.remote(
-                    replica, m.take_utilisation(), m.inflight, m.requests, m.tokens_out)
+                    replica, m.take_utilisation(), m.inflight, m.requests, m.tokens_out,
+                    model=self._llm_config.model_id, stats=self._stats.as_dict())
                 self._ctx.power_w, self._ctx.power_source = reading["power_w"], reading["source"]
                 self._ctx.pue = reading["pue"]
             except Exception:  # no monitor (yet): the engine serves on regardless

@@ -18,14 +18,16 @@ import ray
 from fabric.layers import naming
 from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
 from fabric.scheduling.policies import make_policy
-from fabric.scheduling.signals import SiteSignals, Snapshot
+from fabric.scheduling.signals import ReplicaSignals, SiteSignals, Snapshot
 from fabric.scheduling.table import RoutingTable
 from fabric.spec import ROLE_LABEL, FabricSpec
 
 
-def site_signals(state: dict, edge: bool, max_inflight: int) -> SiteSignals:
+def site_signals(state: dict, edge: bool, max_inflight: int,
+                 latency_class: str = "regional") -> SiteSignals:
     """One site's signals from its AIFactory state."""
     nodes = state.get("node_readings", [])
+    engines = [ReplicaSignals(**e) for n in nodes for e in n.get("engines", [])]
     return SiteSignals(
         name=state["site"], region=state["region"], edge=edge, budget_w=state["budget_w"],
         facility_w=state["facility_power_w"], price_usd_per_mwh=state["price_usd_per_mwh"],
@@ -33,7 +35,7 @@ def site_signals(state: dict, edge: bool, max_inflight: int) -> SiteSignals:
         replicas=state["replicas"], inflight=sum(n["inflight"] for n in nodes),
         utilisation=max([n["engine_utilisation"] for n in nodes], default=0.0),
         tokens_per_s=sum(n.get("tokens_per_s", 0.0) for n in nodes),
-        max_inflight_per_replica=max_inflight)
+        max_inflight_per_replica=max_inflight, latency_class=latency_class, engines=engines)
 
 
 def power_cap_w(site_budget_w: float, pue: float, gpus: int, idle_w: float, tdp_w: float) -> float:
@@ -47,6 +49,7 @@ class Scheduler:
         self._spec = FabricSpec.model_validate_json(spec_json)
         self._policy = make_policy(self._spec.scheduler.policy, **self._spec.scheduler.params)
         self._edge = {s.name: r.edge for r in self._spec.regions for s in r.sites}
+        self._latency = {s.name: r.latency_class for r in self._spec.regions for s in r.sites}
         self._sites = {s.name: s for _, s in self._spec.sites}
         self._max_inflight = max(int(m.engine_kwargs.get("max_num_seqs", 64))
                                  for m in self._spec.models)
@@ -75,7 +78,8 @@ class Scheduler:
         states = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
                                         timeout=max(2.0, self._spec.scheduler.tick_s * 4))
         self._states = [st for st in states if isinstance(st, dict)]
-        sites = [site_signals(st, self._edge[st["site"]], self._max_inflight) for st in self._states]
+        sites = [site_signals(st, self._edge[st["site"]], self._max_inflight,
+                              self._latency[st["site"]]) for st in self._states]
         return Snapshot(sites=sites, tick=self._ticks)
 
     async def tick(self) -> dict:

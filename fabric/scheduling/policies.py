@@ -114,6 +114,8 @@ class FabricParams(BaseModel):
     slo_max_load: float = Field(0.9, gt=0, description="above this load a site only keeps a floor")
     readmit_headroom: float = Field(0.05, ge=0, description="headroom share needed to come back")
     ramp_per_tick: float = Field(0.25, gt=0, le=1, description="max weight regained per tick")
+    regional_penalty: float = Field(0.15, ge=0, lt=1, description="score lost by a 'regional' site")
+    far_penalty: float = Field(0.4, ge=0, lt=1, description="score lost by a 'far' site")
 
 
 class Fabric(Policy, name="fabric"):
@@ -159,6 +161,8 @@ class Fabric(Policy, name="fabric"):
             head = max(0.0, min(1.0, s.headroom_w / s.budget_w)) if s.budget_w else 0.0
             score = (self.p.price * price[s.name] + self.p.carbon * carbon[s.name]
                      + self.p.load * free + self.p.headroom * head) / total_w
+            score *= 1.0 - {"regional": self.p.regional_penalty,
+                            "far": self.p.far_penalty}.get(s.latency_class, 0.0)
             score = max(0.05, score)
             if s.load > self.p.slo_max_load:
                 score = 0.05

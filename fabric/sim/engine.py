@@ -252,9 +252,9 @@ class Simulator:
         sites = [SiteSignals.model_construct(
             name=n, region=r, edge=e, budget_w=b, facility_w=fw, price_usd_per_mwh=p,
             carbon_g_per_kwh=c, curtailed=cu, replicas=rp, inflight=i, utilisation=u,
-            tokens_per_s=ts, max_inflight_per_replica=f.batch)
-            for n, r, e, b, fw, p, c, cu, rp, i, u, ts in zip(
-                f.names, f.regions, f.edge, state.budget.tolist(), state.facility_w.tolist(),
+            tokens_per_s=ts, max_inflight_per_replica=f.batch, latency_class=lc)
+            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts in zip(
+                f.names, f.regions, f.edge, f.latency, state.budget.tolist(), state.facility_w.tolist(),
                 state.price.tolist(), state.carbon.tolist(), state.curtailed.tolist(),
                 f.replicas.tolist(), state.inflight.tolist(), np.minimum(state.util, 1).tolist(),
                 state.tokens_per_s.tolist())]

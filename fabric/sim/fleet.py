@@ -27,6 +27,7 @@ class Fleet:
     names: list[str]
     regions: list[str]
     edge: list[bool]
+    latency: list[str]            # the region's latency class
     gpu_types: list[str]          # the primary (first serving) pool's GPU type
     grids: list[GridModel]
     replicas: np.ndarray          # engine replicas serving the model (0: site does not host it)
@@ -78,10 +79,12 @@ def build_fleet(spec: FabricSpec, params_b: float | None = None,
         cols["dynamic"].append(dynamic)
         cols["gpu"].append(primary[0] if primary else site.node_pools[0].gpu_type)
     edge = {s.name: r.edge for r in spec.regions for s in r.sites}
+    latency = {s.name: r.latency_class for r in spec.regions for s in r.sites}
     arr = lambda k: np.asarray(cols[k], dtype=np.float64)
     return Fleet(
         names=[s.name for _, s in spec.sites], regions=[r for r, _ in spec.sites],
         edge=[edge[s.name] for _, s in spec.sites], gpu_types=cols["gpu"],
+        latency=[latency[s.name] for _, s in spec.sites],
         grids=[GridModel(s.power) for _, s in spec.sites],
         replicas=arr("replicas").astype(np.int64), batch=batch,
         prefill_tok_s=arr("prefill"), decode_tok_s=arr("decode"),

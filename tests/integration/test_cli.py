@@ -16,6 +16,23 @@ pytestmark = pytest.mark.integration
 FABRIC = [sys.executable, "-m", "fabric.cli"]
 
 
+def one_model_spec(tmp_path) -> str:
+    """The local spec with its small model only (one engine fewer to start): what `up`,
+    `status` and `down` do does not depend on the models."""
+    import yaml
+
+    from fabric.spec import default_spec_path, load_spec
+
+    spec = load_spec(default_spec_path())
+    spec.models = spec.models[:1]
+    for _, site in spec.sites:
+        if site.name not in spec.models[0].hosting:
+            site.local.llm_slots = 0
+    path = tmp_path / "one-model.yaml"
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return str(path)
+
+
 class Watched:
     """A CLI run whose whole process tree is recorded while it lives."""
 
@@ -89,7 +106,8 @@ def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_pat
 
 
 def test_ctrl_c_shuts_the_fabric_down(tmp_path):
-    run = Watched("up", "--port", str(free_port()), "--log-file", str(tmp_path / "up.log"))
+    run = Watched("up", "--spec", one_model_spec(tmp_path), "--port", str(free_port()),
+                  "--log-file", str(tmp_path / "up.log"))
     assert run.wait_for(r"serving", timeout=400), run.output
     run.proc.send_signal(signal.SIGINT)
     rc = run.finish(timeout=120)
@@ -101,7 +119,8 @@ def test_up_status_down(tmp_path):
     """`fabric up` records the running fabric; `fabric status` and `fabric down` find it."""
     import json
 
-    run = Watched("up", "--port", str(free_port()), "--log-file", str(tmp_path / "up.log"))
+    run = Watched("up", "--spec", one_model_spec(tmp_path), "--port", str(free_port()),
+                  "--log-file", str(tmp_path / "up.log"))
     assert run.wait_for(r"serving", timeout=400), run.output
     status = subprocess.run([*FABRIC, "status", "--json"], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr

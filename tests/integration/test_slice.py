@@ -131,6 +131,19 @@ def test_scheduler_serves_a_versioned_site_table(fabric):
     assert first["edge_sites"] == ["edge-a"]
     time.sleep(fabric.spec.scheduler.tick_s * 3)
     assert ray.get(sched.routing_table.remote())["version"] > first["version"]
+    # the snapshot holds every engine replica with vLLM's own scheduler stats
+    for _ in range(4):
+        HTTP.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
+            "model": "tiny-llama", "messages": MSG, "max_tokens": 8})
+    time.sleep(2)
+    sites = {s["name"]: s for s in ray.get(sched.status.remote())["snapshot"]["sites"]}
+    models = {name: {e["model"] for e in s["engines"]} for name, s in sites.items()}
+    assert models == {"edge-a": {"tiny-llama"}, "cloud-a": {"tiny-llama"}, "cloud-b": {"tiny-llama-large"}}
+    engines = [e for s in sites.values() for e in s["engines"]]
+    assert all(e["healthy"] for e in engines)
+    assert all(0 <= e["kv_cache_usage"] <= 1 and e["running"] >= 0 and e["waiting"] >= 0
+               for e in engines if e["model"] == "tiny-llama")   # they have served: stats known
+    assert {s["latency_class"] for s in sites.values()} == {"regional"}
 
 
 def test_replicas_are_placed_on_their_regions_nodes(fabric):

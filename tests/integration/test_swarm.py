@@ -7,6 +7,7 @@ import threading
 import time
 from collections import defaultdict
 
+import httpx
 import pytest
 import ray
 
@@ -123,3 +124,16 @@ def test_agents_run_command(fabric, tmp_path):
     bad = subprocess.run(cli + ["no-such-workload"] + where, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no workload 'no-such-workload'" in bad.stdout
     assert "Traceback" not in bad.stdout + bad.stderr
+
+
+def test_deadline_steps_go_through_the_deferred_queue(fabric):
+    started = time.time()
+    wl = _small("batch_summariser", steps=2, hints={"tier": "small", "deadline_s": 20})
+    report = run(wl, agents=2, base_url=fabric.base_url, progress=False)
+    assert report.succeeded == report.steps == 4 and report.refused == report.errors == 0
+    assert report.site_share and set(report.site_share) <= {"edge-a", "cloud-a"}
+    assert report.costs is not None and report.costs.records == 4   # metered like any request
+    jobs = httpx.get(fabric.tenant_api_url + "/deferred", timeout=30,
+                     headers={"authorization": "Bearer fabric-local"}).json()["data"]
+    mine = [j for j in jobs if j["created_at"] >= started]
+    assert len(mine) >= 4 and all(j["status"] == "completed" for j in mine)
