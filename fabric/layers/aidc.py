@@ -31,6 +31,7 @@ class AIFactory:
                  if a["namespace"] == naming.NAMESPACE and a["name"].startswith(prefix)]
         return [ray.get_actor(n, namespace=naming.NAMESPACE) for n in sorted(names)]
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     async def state(self) -> dict:
         grid = ray.get_actor(naming.power(self.site.name), namespace=naming.NAMESPACE)
         monitors = self._monitors()

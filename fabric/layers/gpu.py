@@ -36,6 +36,7 @@ class GPUMonitor:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "labels": ctx.get_node_labels()}
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     def report_load(self, replica: str, utilisation: float, inflight: int,
                     requests: int = 0, tokens_out: int = 0, model: str = "",
                     stats: dict | None = None) -> dict:
@@ -91,6 +92,7 @@ class GPUMonitor:
         live = [(u, n) for u, n, at in self._load.values() if now - at < LOAD_STALE_S]
         return min(1.0, sum(u for u, _ in live)), sum(n for _, n in live), len(live)
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     def reading(self) -> dict:
         util, inflight, replicas = self._engine_load()
         req_s, tok_s, tokens_total = self._rates()

@@ -26,6 +26,7 @@ class PowerGrid:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "labels": ctx.get_node_labels()}
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     def state(self) -> dict:
         """The grid now (replay time)."""
         return self.state_at(self.clock.offset())
@@ -34,6 +35,7 @@ class PowerGrid:
         """The grid at any replay offset, without moving the clock (for tests and what-ifs)."""
         return {"site": self.site.name, **self.model.state(offset_s).model_dump()}
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     def forecast(self, wall_times: list[float]) -> list[dict]:
         """The grid at future wall-clock times (for a replayed profile: the profile itself;
         the deferred queue chooses windows with it)."""

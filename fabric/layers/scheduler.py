@@ -126,6 +126,7 @@ class Scheduler:
                               "gpus": len(results)})
         self._actions = self._actions[-200:]
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     async def routing_table(self) -> dict:
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._tick_forever())

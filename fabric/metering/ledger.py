@@ -23,6 +23,7 @@ class TokenLedger:
         self.received = 0
         self._flusher = None
 
+    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     async def append(self, records: list[dict]) -> int:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())

@@ -65,7 +65,10 @@ def choose_model(request: dict[str, Any], catalog: Sequence[CatalogModel],
         raise ChoiceError(400, f"fabric_tier must be one of {', '.join(HINT_TIERS)}",
                           "metadata", "invalid_hint")
     privacy = metadata.get("fabric_privacy", "none")
-    region = metadata.get("fabric_region") if isinstance(metadata.get("fabric_region"), str) else None
+    region = metadata.get("fabric_region")
+    region = region if isinstance(region, str) and region else None  # as the router reads it
+    where = ", ".join(f"{k}={v}" for k, v in (("privacy", privacy), ("region", region))
+                      if v not in (None, "none"))
     name = request.get("model", AUTO)
     if name is None:
         name = AUTO
@@ -81,11 +84,11 @@ def choose_model(request: dict[str, Any], catalog: Sequence[CatalogModel],
         if tier != AUTO and tier != named.tier:
             raise ChoiceError(400, f"model {name!r} is {named.tier}-tier but fabric_tier={tier}: "
                               f"name the model or the tier (model: auto)", "metadata", "invalid_hint")
+        # where it may run is the router's and the engine's to enforce: the engine's guard
+        # refuses (and records the refusal on the ledger) if no replica there can serve it
         return Choice(model=named.id, tier=named.tier, by="model")
 
     allowed = [m for m in catalog if m.can_serve(privacy, region)]
-    where = ", ".join(f"{k}={v}" for k, v in (("privacy", privacy), ("region", region))
-                      if v not in (None, "none"))
     if tier != AUTO:
         pick = next((m for m in allowed if m.tier == tier), None)
         if pick is None:

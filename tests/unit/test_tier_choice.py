@@ -56,6 +56,8 @@ def test_constraints_are_hard_and_auto_stays_inside_them():
     assert choose(messages=CODE, fabric_privacy="edge").model == "tiny"
     assert choose(messages=CODE, fabric_region="cloud").model == "big"
     refused(503, "no model can serve this request (region=mars)", fabric_region="mars")
+    assert choose(model="big", fabric_privacy="edge").model == "big"  # the engine's guard refuses it
+    assert choose(fabric_region="").model == "tiny"                   # an empty pin is no pin
     # a fabric with one model: auto always lands on it
     assert choose(messages=CODE, catalog=[SMALL]).model == "tiny"
 
