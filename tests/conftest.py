@@ -19,6 +19,31 @@ def fabric(tmp_path_factory):
         yield fab
 
 
+def session_records(fabric, session: str, expected: int, timeout: float = 30) -> list[dict]:
+    """The ledger's records of one session, once at least ``expected`` are there (or the
+    timeout passes); flushes the ledger each poll, riding out a ledger that is restarting."""
+    import time
+
+    import ray
+
+    from fabric.layers import naming
+    from fabric.metering.ledger import LEDGER_NAME
+    from fabric.metering.report import read_usage
+
+    deadline, rows = time.time() + timeout, []
+    while time.time() < deadline:
+        try:
+            ray.get(ray.get_actor(LEDGER_NAME, namespace=naming.NAMESPACE).flush.remote())
+        except (ray.exceptions.RayActorError, ValueError):
+            pass
+        table = read_usage(fabric.ledger_path)
+        rows = [r for r in table.to_pylist() if r["session_id"] == session] if table.num_rows else []
+        if len(rows) >= expected:
+            break
+        time.sleep(0.5)
+    return rows
+
+
 # Raw HTTP calls in the tests authenticate as the local spec's demo tenant (key "fabric-local").
 HTTP = httpx.Client(headers={"authorization": "Bearer fabric-local"}, timeout=120)
 

@@ -238,6 +238,9 @@ class ReplicaContext:
     price_usd_per_mwh: float = 0.0
 
 
+_HINT_HEADER_KEYS = frozenset(h.encode() for h in HINT_HEADERS)  # one pass per request
+
+
 def _header(scope, name: bytes) -> str:
     for k, v in scope.get("headers", []):
         if k.lower() == name:
@@ -323,7 +326,8 @@ class _FabricMiddleware:
             await self._refuse(send, 400, invalid, "invalid_request_body", None)
             return self._record_refusal(scope, request, 400, tenant.name, wall, started)
         refused = refusal(request, self.here, self.ctx.tier,
-                          tuple(h for h in HINT_HEADERS if _header(scope, h.encode())))
+                          tuple(k.decode() for k, _ in scope.get("headers", ())
+                                if k.lower() in _HINT_HEADER_KEYS))
         if refused:
             await self._refuse(send, *refused)
             return self._record_refusal(scope, request, refused[0], tenant.name, wall, started)

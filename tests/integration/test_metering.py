@@ -3,35 +3,17 @@
 import json
 import subprocess
 import sys
-import time
 import uuid
 
 import httpx  # noqa: F401
 
-from conftest import HTTP
+from conftest import HTTP, session_records as records_for
 import openai
 import pytest
-import ray
 
-from fabric.layers import naming
-from fabric.metering.ledger import LEDGER_NAME
-from fabric.metering.report import read_usage
 
 pytestmark = pytest.mark.integration
 MSG = [{"role": "user", "content": "Meter this step."}]
-
-
-def records_for(fabric, session, expected, timeout=30):
-    deadline = time.time() + timeout
-    rows = []
-    while time.time() < deadline:
-        ray.get(ray.get_actor(LEDGER_NAME, namespace=naming.NAMESPACE).flush.remote())
-        table = read_usage(fabric.ledger_path)
-        rows = [r for r in table.to_pylist() if r["session_id"] == session] if table.num_rows else []
-        if len(rows) >= expected:
-            break
-        time.sleep(0.5)
-    return rows
 
 
 def test_every_request_gets_one_exact_record(fabric):

@@ -79,7 +79,7 @@ def test_daily_budget_is_402(fabric):
 
 
 def test_ledger_names_the_tenant_of_every_request(fabric):
-    from test_metering import records_for
+    from conftest import session_records as records_for
 
     session = f"who-{uuid.uuid4().hex[:6]}"
     post(fabric, key="fabric-local", session=session)

@@ -6,13 +6,12 @@ import concurrent.futures as cf
 import time
 import uuid
 
-from conftest import HTTP
+from conftest import HTTP, session_records
 import pytest
 import ray
 
 from fabric.layers import naming
 from fabric.metering.ledger import LEDGER_NAME
-from fabric.metering.report import read_usage
 
 pytestmark = pytest.mark.integration
 MSG = [{"role": "user", "content": "Keep going."}]
@@ -24,21 +23,6 @@ def actor(name):
 
 def table_version() -> int:
     return ray.get(actor(naming.SCHEDULER).routing_table.remote())["version"]
-
-
-def session_records(fabric, session, expected, timeout=60):
-    deadline, rows = time.time() + timeout, []
-    while time.time() < deadline:
-        try:
-            ray.get(actor(LEDGER_NAME).flush.remote())
-        except ray.exceptions.RayActorError:
-            pass
-        table = read_usage(fabric.ledger_path)
-        rows = [r for r in table.to_pylist() if r["session_id"] == session] if table.num_rows else []
-        if len(rows) >= expected:
-            break
-        time.sleep(0.5)
-    return rows
 
 
 def test_killing_scheduler_and_ledger_mid_load_fails_and_loses_nothing(fabric):
@@ -58,7 +42,7 @@ def test_killing_scheduler_and_ledger_mid_load_fails_and_loses_nothing(fabric):
         codes = [f.result() for f in futures]
     assert codes == [200] * 60
 
-    rows = session_records(fabric, session, 60)
+    rows = session_records(fabric, session, 60, timeout=60)
     ids = [r["request_id"] for r in rows]
     assert len(ids) == 60 and len(set(ids)) == 60          # none lost, none twice
     assert sum(r["completion_tokens"] for r in rows) == 60 * 24
