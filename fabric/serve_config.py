@@ -25,6 +25,7 @@ def serve_config(spec: FabricSpec, sources: dict[str, str]) -> dict:
 
     apps = [{"name": model_app_name(spec, m), "route_prefix": model_prefix(spec, m),
              "import_path": "ray.serve.llm:build_openai_app",
+             "external_scaler_enabled": True,  # the scheduler sets replica targets
              "args": {"llm_configs": [llm_config_fields(spec, m, sources[m.id])]}}
             for m in spec.models]
     urls = model_urls(spec)

@@ -170,6 +170,11 @@ class SchedulerSpec(_Strict):
     classifier: str = Field("fabric.scheduling.classify:RuleClassifier",
                             description="module:Class deciding tier=auto (classify(request) -> Decision)")
     classifier_params: dict[str, Any] = Field(default_factory=dict)
+    scale_replicas: bool = Field(True, description="stop the engines of a site short of power "
+                                 "for drain_after_s (within each model's min/max), restart them "
+                                 "when its power is back")
+    drain_after_s: float = Field(60.0, ge=0, description="how long a site must stay short of "
+                                 "power before its engines are stopped")
 
     @model_validator(mode="after")
     def _loadable_classifier(self) -> "SchedulerSpec":

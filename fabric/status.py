@@ -46,10 +46,12 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     names = fabric_actor_names()
     sites = ray.get([ray.get_actor(n, namespace=naming.NAMESPACE).state.remote()
                      for n in names if n.startswith("fabric:aidc:")], timeout=30)
-    table = None
+    table, replicas = None, None
     if naming.SCHEDULER in names:
-        table = ray.get(ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)
-                        .routing_table.remote(), timeout=30)
+        scheduler = ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)
+        table = ray.get(scheduler.routing_table.remote(), timeout=30)
+        st = ray.get(scheduler.status.remote(), timeout=30)
+        replicas = {"targets": st.get("replica_targets", {}), "drained": st.get("drained_sites", [])}
     nodes = [{"site": s["site"], "region": s["region"], **{k: r[k] for k in (
         "node_id", "source", "power_w", "engine_utilisation", "inflight", "replicas",
         "tokens_per_s", "requests_per_s")},
@@ -70,6 +72,7 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
         reg["endpoint"] = (regional or {}).get(s["region"]) or endpoint
     return {"sites": [{k: v for k, v in s.items() if k != "node_readings"} for s in sites],
             "nodes": nodes, "regions": list(regions.values()), "routing_table": table,
+            "replica_targets": replicas,
             "actors": names, "metrics": metrics_urls()}
 
 
@@ -117,3 +120,9 @@ def render(snap: dict, console) -> None:
     if snap["routing_table"]:
         console.print(f"routing table v{snap['routing_table']['version']} "
                       f"policy={snap['routing_table']['policy']}")
+    if snap.get("replica_targets"):
+        r = snap["replica_targets"]
+        console.print("replica targets: " + (", ".join(f"{m}={n}" for m, n in r["targets"].items())
+                                             or "-")
+                      + (f" (engines stopped at {', '.join(r['drained'])}: short of power)"
+                         if r["drained"] else ""))

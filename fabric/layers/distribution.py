@@ -58,7 +58,7 @@ def deploy(spec: FabricSpec, sources: dict[str, str]) -> tuple[str, str]:
     for model in spec.models:
         app = build_openai_app({"llm_configs": [llm_config(spec, model, sources[model.id], internal_key)]})
         serve.run(app, name=model_app_name(spec, model), route_prefix=model_prefix(spec, model),
-                  blocking=False)
+                  blocking=False, external_scaler_enabled=True)  # the scheduler sets replicas
     if len(spec.models) > 1:
         serve.run(build_gateway(gateway_args(spec, model_urls(spec), None)), name=APP_NAME,
                   route_prefix="/", blocking=False)

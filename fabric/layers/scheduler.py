@@ -4,8 +4,11 @@ Each tick it gathers a signal snapshot from the sites' AIFactory actors (which r
 PowerGrid and GPUMonitors), asks the configured policy (pure code in ``fabric.scheduling``)
 for a routing table, serves that table to the request routers (which poll it in the
 background), and acts back on the sites: a site shed for lack of power headroom gets its GPU
-power limits lowered to fit its budget, and restored when it is readmitted. Table versions are
-wall-clock milliseconds, so a restarted scheduler's tables still supersede the ones routers hold.
+power limits lowered to fit its budget, and restored when it is readmitted; a site short of
+power for ``scheduler.drain_after_s`` has its engines stopped (each model's replica target
+lowered within its min/max through Serve's external-scaler API) and restarted when its power is
+back. Table versions are wall-clock milliseconds, so a restarted scheduler's tables still
+supersede the ones routers hold.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ import time
 import ray
 
 from fabric.layers import naming
+from fabric.layers.distribution import model_app_name
 from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
 from fabric.scheduling.policies import make_policy
+from fabric.scheduling.replicas import ModelReplicas, ReplicaPlan, ReplicaPlanner
 from fabric.scheduling.signals import ReplicaSignals, SiteSignals, Snapshot
 from fabric.scheduling.table import RoutingTable
 from fabric.spec import ROLE_LABEL, FabricSpec
+
+SERVE_CONTROLLER, SERVE_NAMESPACE = "SERVE_CONTROLLER_ACTOR", "serve"  # Ray Serve's own names
 
 
 def site_signals(state: dict, edge: bool, max_inflight: int,
@@ -62,6 +69,16 @@ class Scheduler:
         self._states: list[dict] = []
         from fabric.metrics import SiteMetrics
         self._metrics = SiteMetrics()
+        self._planner = ReplicaPlanner(
+            [ModelReplicas(m.id, tuple(s.name for _, s in self._spec.hosting_sites(m)),
+                           m.replicas_per_site, m.min_replicas, m.max_replicas)
+             for m in self._spec.models],
+            drain_after_s=self._spec.scheduler.drain_after_s,
+            readmit_headroom=float(self._spec.scheduler.params.get("readmit_headroom", 0.05)))
+        self._targets: dict[str, int] = {}       # model -> replica target Serve holds
+        self._apps = {m.id: model_app_name(self._spec, m) for m in self._spec.models}
+        self._scaling: dict[str, asyncio.Task] = {}
+        self._scale_retry_at: dict[str, float] = {}
 
     async def _tick_forever(self) -> None:
         while True:
@@ -89,6 +106,8 @@ class Scheduler:
         self._ticks += 1
         self._metrics.observe(self._states, self._table.weights, self._table.version)
         await self._act_on_power(self._snapshot)
+        if self._spec.scheduler.scale_replicas:
+            self._act_on_replicas(self._snapshot)
         return self._table.model_dump()
 
     async def _act_on_power(self, snap: Snapshot) -> None:
@@ -126,6 +145,109 @@ class Scheduler:
                               "gpus": len(results)})
         self._actions = self._actions[-200:]
 
+    def _act_on_replicas(self, snap: Snapshot) -> None:
+        """Start a rescale for each model whose planned target differs from Serve's (one at a
+        time per model; it runs beside the tick loop, never inside it)."""
+        now = time.time()
+        for model, plan in self._planner.plan(snap, now).items():
+            task = self._scaling.get(model)
+            if (task and not task.done()) or plan.target == self._targets.get(model) \
+                    or now < self._scale_retry_at.get(model, 0.0):
+                continue
+            self._scaling[model] = asyncio.get_running_loop().create_task(
+                self._rescale(model, plan))
+
+    async def _rescale(self, model: str, plan: ReplicaPlan) -> None:
+        from ray.serve._private.common import DeploymentID
+        try:
+            app = self._apps[model]
+            found = await self._deployment(app, model)
+            if found is None:  # Serve or the model's app not deployed yet
+                self._scale_retry_at[model] = time.time() + 2.0
+                return
+            name, details = found
+            current = details.get("target_num_replicas", 0)
+            if model not in self._targets:  # first look since (re)start: Serve's target stands
+                self._targets[model] = current
+                if current < plan.target:  # drained before a restart: keep those sites drained
+                    serving = {s.name for s in self._snapshot.sites
+                               if any(e.model == model for e in s.engines)}
+                    self._planner.drained.update(
+                        s for s in self._planner.short_since if s not in serving)
+                    return
+            if plan.target == current:
+                self._targets[model] = current
+                return
+            target, stopped = plan.target, []
+            if target < current:
+                stopped = await self._stop_engines(model, plan.stop_sites, current - target,
+                                                   details)
+                if not stopped:
+                    return  # none idle (or none reporting) yet: try again next tick
+                target = current - len(stopped)  # never let Serve choose what else to stop
+            controller = ray.get_actor(SERVE_CONTROLLER, namespace=SERVE_NAMESPACE)
+            await controller.update_deployment_replicas.remote(
+                DeploymentID(name=name, app_name=app), target)
+            self._targets[model] = target
+            self._log({"action": "scale_replicas", "model": model, "from": current,
+                       "to": target, "stopped_at": [site for site, _ in stopped],
+                       "drained_sites": sorted(self._planner.drained)})
+        except Exception as exc:  # Serve busy or not scalable: say so, retry later
+            self._scale_retry_at[model] = time.time() + 10.0
+            self._log({"action": "scale_failed", "model": model, "to": plan.target,
+                       "error": f"{type(exc).__name__}: {exc}"})
+
+    async def _deployment(self, app: str, model: str) -> tuple[str, dict] | None:
+        """The model's engine deployment as Serve holds it: (name, details), None if absent."""
+        try:
+            controller = ray.get_actor(SERVE_CONTROLLER, namespace=SERVE_NAMESPACE)
+        except ValueError:
+            return None
+        details = await controller.get_serve_instance_details.remote()
+        deployments = details.get("applications", {}).get(app, {}).get("deployments", {})
+        name = next((n for n in deployments if n == model or n.endswith(":" + model)), None)
+        return None if name is None else (name, deployments[name])
+
+    async def _stop_engines(self, model: str, sites: tuple[str, ...], count: int,
+                            details: dict) -> list[tuple[str, str]]:
+        """Stop up to ``count`` of this model's engines at ``sites`` (in that order) that are
+        idle — their site has taken no new traffic for drain_after_s; requests still running
+        finish first — then wait until Serve has seen them go, so that the lower target
+        removes nothing else (Serve stops replicas that are not running before any running
+        one). Returns the (site, replica) pairs stopped."""
+        def idle(snap: Snapshot) -> list[tuple[str, str]]:
+            found = {s.name: s for s in snap.sites}
+            return [(name, e.replica) for name in sites if name in found
+                    for e in found[name].engines if e.model == model and not e.inflight]
+
+        first = idle(self._snapshot)
+        if not first:
+            return []
+        await asyncio.sleep(max(2.0, 4 * self._spec.scheduler.tick_s))  # usage records flushed
+        still = set(idle(self._snapshot))
+        running = {r["replica_id"]: r for r in details.get("replicas", [])
+                   if r.get("state") == "RUNNING"}
+        chosen = [(site, rid) for site, rid in first if (site, rid) in still and rid in running]
+        chosen = chosen[:count]
+        for _, rid in chosen:
+            ray.kill(ray.get_actor(running[rid]["actor_name"], namespace=SERVE_NAMESPACE),
+                     no_restart=True)
+        ids = {rid for _, rid in chosen}
+        deadline = time.monotonic() + 90.0
+        while ids:
+            await asyncio.sleep(0.5)
+            _, now = await self._deployment(self._apps[model], model) or (None, {})
+            if not any(r["replica_id"] in ids and r.get("state") == "RUNNING"
+                       for r in now.get("replicas", [])):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Serve still lists stopped engines {sorted(ids)} as running")
+        return chosen
+
+    def _log(self, action: dict) -> None:
+        self._actions.append({"at": time.time(), **action})
+        self._actions = self._actions[-200:]
+
     @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     async def routing_table(self) -> dict:
         if self._loop_task is None:
@@ -136,6 +258,8 @@ class Scheduler:
 
     async def status(self) -> dict:
         return {"ticks": self._ticks, "policy": self._policy.name,
+                "replica_targets": dict(self._targets),
+                "drained_sites": sorted(self._planner.drained),
                 "table": self._table.model_dump(), "actions": self._actions[-20:],
                 "snapshot": self._snapshot.model_dump() if self._snapshot else None}
 
