@@ -90,7 +90,7 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         from fabric.layers.distribution import model_urls
         from fabric.layers.gateway import deploy_regional
         urls = model_urls(spec)
-        regional = deploy_regional(spec, urls)
+        regional = deploy_regional(spec, urls, internal_key)
         from fabric.layers.tenant_api import deploy_tenant_api
         tenant_api_url = deploy_tenant_api(spec)
         from fabric.layers.deferred import start_deferred

@@ -60,7 +60,10 @@ def deploy(spec: FabricSpec, sources: dict[str, str]) -> tuple[str, str]:
         serve.run(app, name=model_app_name(spec, model), route_prefix=model_prefix(spec, model),
                   blocking=False, external_scaler_enabled=True)  # the scheduler sets replicas
     if len(spec.models) > 1:
-        serve.run(build_gateway(gateway_args(spec, model_urls(spec), None)), name=APP_NAME,
+        from fabric.metering.tenants import key_hash
+
+        args = gateway_args(spec, model_urls(spec), None, key_hash(internal_key))
+        serve.run(build_gateway(args), name=APP_NAME,
                   route_prefix="/", blocking=False)
     return base_url(spec), internal_key
 

@@ -15,13 +15,17 @@ through a gateway:
 
 Gateways also read fabric hints from ``X-Fabric-*`` headers (tier, privacy, region, max
 latency, deadline) into ``metadata``, and stamp their choice on the response
-(``x-fabric-model``, ``x-fabric-tier``, ``x-fabric-tier-by``).
+(``x-fabric-model``, ``x-fabric-tier``, ``x-fabric-tier-by``). They authenticate the key
+first (limits are the engines' to apply) and write each request they refuse themselves to the
+ledger, as the engines do: no request goes unrecorded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+import uuid
 
 import httpx
 from fastapi import FastAPI, Request
@@ -29,6 +33,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.background import BackgroundTask
 
+from fabric.metering.records import UsageRecord
+from fabric.metering.tenants import Refusal
+from fabric.metering.tenants import from_spec as tenant_gate
 from fabric.routing.pick import HINT_HEADERS
 from fabric.scheduling.classify import load_classifier
 from fabric.scheduling.tiers import AUTO, CatalogModel, ChoiceError, choose_model
@@ -45,8 +52,8 @@ def openai_error(status: int, message: str, type_: str, param: str | None = None
                                    "code": code or status}}, status_code=status)
 
 
-ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 413: "RequestTooLargeError",
-               503: "ServiceUnavailableError"}
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+               413: "RequestTooLargeError", 503: "ServiceUnavailableError"}
 
 
 def with_hints(body: dict, headers, region: str | None) -> dict:
@@ -76,8 +83,12 @@ app = FastAPI()
 class Gateway:
     def __init__(self, models: list[dict], region: str | None = None,
                  classifier: str = "fabric.scheduling.classify:RuleClassifier",
-                 classifier_params: dict | None = None, max_body_mb: float = 8.0):
+                 classifier_params: dict | None = None, max_body_mb: float = 8.0,
+                 tenants: list[dict] | None = None, internal_key_hash: str = ""):
         self.region = region
+        self.gate = tenant_gate(tenants or [], internal_key_hash or None, 1.0)
+        self.records: list[dict] = []  # refusals made here, kept until the ledger has them
+        self._shipper: asyncio.Task | None = None
         self.max_body = int(max_body_mb * 2**20)
         self.catalog = [CatalogModel(id=m["id"], tier=m["tier"], regions=frozenset(m["regions"]),
                                      edge=m["edge"]) for m in models]
@@ -88,7 +99,10 @@ class Gateway:
                                         limits=httpx.Limits(max_connections=1000))
 
     @app.get("/v1/models")
-    async def models(self) -> JSONResponse:
+    async def models(self, request: Request) -> JSONResponse:
+        who = self.gate.authenticate(request.headers.get("authorization", ""))
+        if isinstance(who, Refusal):
+            return openai_error(who.status, who.message, "AuthenticationError", None, who.code)
         served = [m for m in self.catalog if self.region is None or self.region in m.regions]
         data = [{"id": AUTO, "object": "model", "created": self.created, "owned_by": "token-fabric",
                  "tier": AUTO}]
@@ -119,22 +133,32 @@ class Gateway:
         return b"".join(chunks)
 
     async def _forward(self, path: str, request: Request) -> Response:
+        started, wall, body = time.perf_counter(), time.time(), {}
+
+        def refuse(status: int, message: str, param: str | None = None,
+                   code: str | int | None = None, tenant: str = "") -> JSONResponse:
+            self._keep(request, body, status, tenant, wall, time.perf_counter() - started)
+            return openai_error(status, message, ERROR_TYPES.get(status, "APIError"), param, code)
+
+        who = self.gate.authenticate(request.headers.get("authorization", ""))
+        if isinstance(who, Refusal):
+            return refuse(who.status, who.message, None, who.code)
         raw = await self._read(request)
         if raw is None:
-            return openai_error(413, f"request body too large: the limit is {self.max_body / 2**20:g} MiB",
-                                "RequestTooLargeError", None, "request_too_large")
+            return refuse(413, f"request body too large: the limit is {self.max_body / 2**20:g} MiB",
+                          None, "request_too_large", who.name)
         try:
-            body = json.loads(raw)
+            parsed = json.loads(raw)
         except ValueError as exc:
-            return openai_error(400, f"request body is not valid JSON: {exc}", "BadRequestError", "body")
-        if not isinstance(body, dict):
-            return openai_error(400, "request body must be a JSON object", "BadRequestError", "body")
+            return refuse(400, f"request body is not valid JSON: {exc}", "body", tenant=who.name)
+        if not isinstance(parsed, dict):
+            return refuse(400, "request body must be a JSON object", "body", tenant=who.name)
+        body = parsed
         try:
-            body = with_hints(body, request.headers, self.region)
+            body = with_hints(dict(body), request.headers, self.region)
             choice = choose_model(body, self.catalog, self.classifier)
         except ChoiceError as exc:
-            return openai_error(exc.status, exc.message, ERROR_TYPES.get(exc.status, "APIError"),
-                                exc.param, exc.code)
+            return refuse(exc.status, exc.message, exc.param, exc.code, who.name)
         body["metadata"]["fabric_tier"] = choice.tier
         body["model"] = choice.model
         forward = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_HEADERS}
@@ -143,13 +167,12 @@ class Gateway:
         try:
             r = await self.client.send(upstream, stream=True)
         except httpx.HTTPError as exc:
-            return openai_error(503, f"model {choice.model!r} is unreachable: {exc}",
-                                "ServiceUnavailableError")
+            return refuse(503, f"model {choice.model!r} is unreachable: {exc}", tenant=who.name)
         if r.status_code == 503 and "json" not in r.headers.get("content-type", ""):
             await r.aclose()  # no replica at all (the proxy answered, not an engine)
             where = f" in region {self.region!r}" if self.region else ""
-            return openai_error(503, f"no replica of model {choice.model!r}{where} can serve now",
-                                "ServiceUnavailableError")
+            return refuse(503, f"no replica of model {choice.model!r}{where} can serve now",
+                          tenant=who.name)
         headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
         headers.update({"x-fabric-model": choice.model, "x-fabric-tier": choice.tier,
                         "x-fabric-tier-by": choice.by})
@@ -157,6 +180,37 @@ class Gateway:
             headers["x-fabric-tier-score"] = f"{choice.score:g}"
         return StreamingResponse(r.aiter_raw(), status_code=r.status_code, headers=headers,
                                  background=BackgroundTask(r.aclose))
+
+    def _keep(self, request: Request, body: dict, status: int, tenant: str, wall: float,
+              latency_s: float) -> None:
+        """A usage record (no tokens) for a request refused here; the engines record the rest."""
+        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        self.records.append(UsageRecord(
+            request_id=f"fabric-{uuid.uuid4().hex}", ts=wall, tenant=tenant,
+            agent_id=request.headers.get("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
+            session_id=request.headers.get("x-session-id") or str(metadata.get("fabric_session", "")),
+            model=str(body.get("model", "")), tier=str(metadata.get("fabric_tier", "")),
+            region=self.region or "", endpoint=request.url.path, status=status,
+            latency_s=round(latency_s, 6), power_source="").model_dump())
+        if self._shipper is None or self._shipper.done():
+            self._shipper = asyncio.get_running_loop().create_task(self._ship())
+
+    async def _ship(self, period_s: float = 0.5) -> None:
+        """Hand kept records to the ledger until it has them all (a restarting ledger: retry)."""
+        import ray
+
+        from fabric.layers.naming import NAMESPACE
+        from fabric.metering.ledger import LEDGER_NAME
+
+        while self.records:
+            await asyncio.sleep(period_s)
+            batch = self.records[:5000]
+            try:
+                ledger = await asyncio.to_thread(ray.get_actor, LEDGER_NAME, namespace=NAMESPACE)
+                await ledger.append.remote(batch)
+                del self.records[:len(batch)]
+            except Exception:
+                continue
 
 
 def catalog(spec, urls: dict[str, str]) -> list[dict]:
@@ -170,11 +224,14 @@ def catalog(spec, urls: dict[str, str]) -> list[dict]:
     return out
 
 
-def gateway_args(spec, urls: dict[str, str], region: str | None) -> dict:
+def gateway_args(spec, urls: dict[str, str], region: str | None,
+                 internal_key_hash: str = "") -> dict:
     return {"models": catalog(spec, urls), "region": region,
             "classifier": spec.scheduler.classifier,
             "classifier_params": spec.scheduler.classifier_params,
-            "max_body_mb": spec.endpoint.max_body_mb}
+            "max_body_mb": spec.endpoint.max_body_mb,
+            "tenants": [t.model_dump() for t in spec.tenants],
+            "internal_key_hash": internal_key_hash}
 
 
 def build_gateway(args: dict):
@@ -182,11 +239,15 @@ def build_gateway(args: dict):
     return Gateway.bind(**args)
 
 
-def deploy_regional(spec, urls: dict[str, str]) -> dict[str, str]:
+def deploy_regional(spec, urls: dict[str, str], internal_key: str = "") -> dict[str, str]:
     """One gateway per region at ``/<region>/v1``; returns region -> base URL."""
+    from fabric.metering.tenants import key_hash
+
+    secret = key_hash(internal_key) if internal_key else ""
     out = {}
     for region in spec.regions:
-        serve.run(build_gateway(gateway_args(spec, urls, region.name)), name=f"region-{region.name}",
+        serve.run(build_gateway(gateway_args(spec, urls, region.name, secret)),
+                  name=f"region-{region.name}",
                   route_prefix=f"/{region.name}", blocking=False)
         out[region.name] = f"http://{spec.endpoint.host}:{spec.endpoint.port}/{region.name}/v1"
     return out

@@ -1,7 +1,7 @@
 """The right task to the right model, for real: the local fabric serves a small model (edge-a,
 cloud-a) and a large one (cloud-b); /v1 chooses between them by name, tier hint or classifier."""
 
-import httpx  # noqa: F401
+import httpx
 
 from conftest import HTTP
 import openai
@@ -81,3 +81,22 @@ def test_each_model_has_its_own_no_hop_endpoint(fabric):
     assert r.status_code == 400 and "small-tier" in r.json()["error"]["message"]
     r = ask(small, model="tiny-llama", headers={"x-fabric-privacy": "edge"})
     assert r.status_code == 400 and "x-fabric-privacy" in r.json()["error"]["message"]
+
+
+def test_gateway_refusals_are_authenticated_and_recorded(fabric):
+    from conftest import session_records
+
+    url, session = fabric.base_url, "gateway-refusals"
+    bad = httpx.post(f"{url}/chat/completions", timeout=60, headers={
+        "authorization": "Bearer not-a-key", "x-session-id": session},
+        json={"model": "gpt-9", "messages": SIMPLE})
+    assert bad.status_code == 401 and bad.json()["error"]["type"] == "AuthenticationError"
+    assert httpx.get(f"{url}/models", timeout=60).status_code == 401  # the catalogue too
+    assert ask(url, model="gpt-9", headers={"x-session-id": session}).status_code == 404
+    assert ask(fabric.regional_urls["edge"], headers={"x-session-id": session},
+               fabric_tier="large").status_code == 503           # no large model at the edge
+    rows = session_records(fabric, session, 3)
+    got = sorted((r["status"], r["tenant"], r["model"], r["region"], r["completion_tokens"])
+                 for r in rows)
+    assert got == [(401, "", "", "", 0), (404, "demo", "gpt-9", "", 0),
+                   (503, "demo", "auto", "edge", 0)], got
