@@ -79,6 +79,7 @@ class Scheduler:
         self._apps = {m.id: model_app_name(self._spec, m) for m in self._spec.models}
         self._scaling: dict[str, asyncio.Task] = {}
         self._scale_retry_at: dict[str, float] = {}
+        self._factories: dict[str, object] = {}  # site -> AIFactory handle
 
     async def _tick_forever(self) -> None:
         while True:
@@ -90,8 +91,10 @@ class Scheduler:
             await asyncio.sleep(max(0.0, self._spec.scheduler.tick_s - (time.monotonic() - started)))
 
     async def _snapshot_now(self) -> Snapshot:
-        refs = [ray.get_actor(naming.aidc(name), namespace=NAMESPACE).state.remote()
-                for name in self._sites]
+        for name in self._sites:  # named and restartable: look each up once, not per tick
+            if name not in self._factories:
+                self._factories[name] = ray.get_actor(naming.aidc(name), namespace=NAMESPACE)
+        refs = [self._factories[name].state.remote() for name in self._sites]
         states = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
                                         timeout=max(2.0, self._spec.scheduler.tick_s * 4))
         self._states = [st for st in states if isinstance(st, dict)]
