@@ -3,8 +3,9 @@ on its Prometheus endpoint as ``ray_fabric_*`` (Ray adds the prefix, and ``_tota
 counters), next to Ray's own and vLLM's ``ray_vllm_*``. deployments/grafana/ draws them.
 
 Two recorders, created once per process where the numbers are born: ``EngineMetrics`` in each
-engine replica (every request's usage record), ``SiteMetrics`` in the scheduler (each tick's
-signals and routing table). Tag values are strings; every tag is set at record time.
+engine replica (every request's usage record) and each gateway (the requests it refuses itself,
+as site ``-`` and model ``-``: a requested model name is client input, not a label),
+``SiteMetrics`` in the scheduler (each tick's signals and routing table). Tag values are strings; every tag is set at record time.
 """
 
 from __future__ import annotations
@@ -45,12 +46,14 @@ class EngineMetrics:
     def queue_depth(self, inflight: int) -> None:
         self.queue.set(inflight, tags=self.tags)
 
-    def observe(self, record: dict, inflight: int) -> None:
-        """One usage record (fabric.metering.records): served or refused."""
+    def observe(self, record: dict, inflight: int | None) -> None:
+        """One usage record (fabric.metering.records): served or refused. ``inflight``: the
+        replica's queue depth now (None where there is no queue: a gateway's refusals)."""
         tags, status = self.tags, int(record["status"])
         tenant = {**tags, "tenant": record.get("tenant") or "-"}
         self.requests.inc(1, tags={**tenant, "status": str(status)})
-        self.queue.set(inflight, tags=tags)
+        if inflight is not None:
+            self.queue.set(inflight, tags=tags)
         if status != 200:
             self.refused.inc(1, tags={**tags, "reason": refusal_reason(status)})
             return

@@ -88,6 +88,7 @@ class Gateway:
         self.region = region
         self.gate = tenant_gate(tenants or [], internal_key_hash or None, 1.0)
         self.records: list[dict] = []  # refusals made here, kept until the ledger has them
+        self.metrics = None
         self._shipper: asyncio.Task | None = None
         self.max_body = int(max_body_mb * 2**20)
         self.catalog = [CatalogModel(id=m["id"], tier=m["tier"], regions=frozenset(m["regions"]),
@@ -185,13 +186,21 @@ class Gateway:
               latency_s: float) -> None:
         """A usage record (no tokens) for a request refused here; the engines record the rest."""
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-        self.records.append(UsageRecord(
+        record = UsageRecord(
             request_id=f"fabric-{uuid.uuid4().hex}", ts=wall, tenant=tenant,
             agent_id=request.headers.get("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
             session_id=request.headers.get("x-session-id") or str(metadata.get("fabric_session", "")),
             model=str(body.get("model", "")), tier=str(metadata.get("fabric_tier", "")),
             region=self.region or "", endpoint=request.url.path, status=status,
-            latency_s=round(latency_s, 6), power_source="").model_dump())
+            latency_s=round(latency_s, 6), power_source="").model_dump()
+        self.records.append(record)
+        try:
+            if self.metrics is None:
+                from fabric.metrics import EngineMetrics
+                self.metrics = EngineMetrics(region=self.region or "-", site="-", model="-")
+            self.metrics.observe(record, None)
+        except Exception:  # metrics never fail or lose a request
+            pass
         if self._shipper is None or self._shipper.done():
             self._shipper = asyncio.get_running_loop().create_task(self._ship())
 
