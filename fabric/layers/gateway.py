@@ -209,17 +209,17 @@ class Gateway:
         import ray
 
         from fabric.layers.naming import NAMESPACE
-        from fabric.metering.ledger import LEDGER_NAME
+        from fabric.metering.ledger import LEDGER_NAME, hand_over
 
+        ledger = None
         while self.records:
             await asyncio.sleep(period_s)
-            batch = self.records[:5000]
             try:
-                ledger = await asyncio.to_thread(ray.get_actor, LEDGER_NAME, namespace=NAMESPACE)
-                await ledger.append.remote(batch)
-                del self.records[:len(batch)]
-            except Exception:
-                continue
+                ledger = ledger or await asyncio.to_thread(ray.get_actor, LEDGER_NAME,
+                                                           namespace=NAMESPACE)
+                await hand_over(self.records, ledger)
+            except Exception:  # ledger restarting: keep them and retry (ids dedupe)
+                ledger = None
 
 
 def catalog(spec, urls: dict[str, str]) -> list[dict]:

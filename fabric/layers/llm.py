@@ -493,7 +493,7 @@ class FabricLLMServer(LLMServer):
         follows it) and learn the node's power back; refresh the site's grid price and carbon;
         hand usage records to the ledger, keeping them until it acknowledges."""
         from fabric.layers import naming
-        from fabric.metering.ledger import LEDGER_NAME
+        from fabric.metering.ledger import LEDGER_NAME, hand_over
 
         replica = serve.get_replica_context().replica_id.unique_id
         actors: dict[str, Any] = {}
@@ -527,10 +527,8 @@ class FabricLLMServer(LLMServer):
                 except Exception:
                     actors.pop("grid", None)
             if m.records:
-                batch = m.records[:5000]
                 try:
-                    await (await actor("ledger")).append.remote(batch)
-                    del m.records[:len(batch)]  # acknowledged: durable in the ledger's WAL
+                    await hand_over(m.records, await actor("ledger"))
                 except Exception:  # ledger restarting: keep them and retry (ids dedupe)
                     actors.pop("ledger", None)
 

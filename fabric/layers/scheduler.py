@@ -87,7 +87,7 @@ class Scheduler:
             try:
                 await self.tick()
             except Exception as exc:  # a bad tick keeps the last table: fail-static
-                self._actions.append({"at": time.time(), "action": "tick_failed", "error": str(exc)})
+                self._log({"action": "tick_failed", "error": str(exc)})
             await asyncio.sleep(max(0.0, self._spec.scheduler.tick_s - (time.monotonic() - started)))
 
     async def _snapshot_now(self) -> Snapshot:
@@ -141,12 +141,11 @@ class Scheduler:
                     results.append(await mon.set_power_limit.remote(i, watts))
                 except Exception as exc:
                     results.append({"index": i, "applied": False, "error": str(exc)})
-        self._actions.append({"at": time.time(), "site": site_name,
-                              "action": "restore_power_limit" if budget_w is None else "cap_power",
-                              "watts_per_gpu": round(watts, 1),
-                              "applied": sum(bool(r.get("applied")) for r in results),
-                              "gpus": len(results)})
-        self._actions = self._actions[-200:]
+        self._log({"site": site_name,
+                   "action": "restore_power_limit" if budget_w is None else "cap_power",
+                   "watts_per_gpu": round(watts, 1),
+                   "applied": sum(bool(r.get("applied")) for r in results),
+                   "gpus": len(results)})
 
     def _act_on_replicas(self, snap: Snapshot) -> None:
         """Start a rescale for each model whose planned target differs from Serve's (one at a

@@ -14,6 +14,14 @@ from fabric.metering.store import LedgerStore
 LEDGER_NAME = "fabric:ledger"
 
 
+async def hand_over(records: list[dict], ledger) -> None:
+    """Send the oldest records (at most 5,000) to the ledger and drop them once it has
+    acknowledged: durable in its write-ahead log. Raises if it has not (they stay to retry)."""
+    batch = records[:5000]
+    await ledger.append.remote(batch)
+    del records[:len(batch)]
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class TokenLedger:
     def __init__(self, root: str, flush_s: float = 1.0):

@@ -48,7 +48,10 @@ def test_swarm_completes_every_task_with_growing_prompts_and_metered_tokens(fabr
     assert report.costs is not None and report.costs.records == 18
     assert report.costs.billed_usd > 0 and report.costs.energy_j > 0
     assert report.costs.per_task_usd == pytest.approx(report.costs.billed_usd / 6, rel=1e-3)
-    assert set(report.site_share) <= {"edge-a", "cloud-a"}
+    # tier=auto: the classifier reads the conversation, model output included (random text
+    # from the offline model), so a step may go to the large model's site too
+    hosting = {s.name for m in fabric.spec.models for _, s in fabric.spec.hosting_sites(m)}
+    assert report.site_share and set(report.site_share) <= hosting == {"edge-a", "cloud-a", "cloud-b"}
     assert not _alive_swarms()
 
 
