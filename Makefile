@@ -5,7 +5,7 @@ EXTRA  ?= cpu
 STAMP  := $(VENV)/.installed-$(EXTRA)
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test test-unit test-integration model bench clean
+.PHONY: install demo test test-unit test-integration test-shuffled model bench clean
 
 # Reinstalls only when the project's dependency files change.
 $(STAMP): pyproject.toml scripts/install.sh
@@ -28,6 +28,11 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest -q tests/integration
+
+# The fabric's suites in a shuffled order (SEED=<n> to repeat one; destructive tests stay last).
+test-shuffled: install
+	$(BIN)/python -m pytest -q --random-order-bucket=global \
+		$(if $(SEED),--random-order-seed=$(SEED)) tests/integration tests/reliability
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

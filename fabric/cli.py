@@ -102,12 +102,18 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
 
                     def maybe_power_event(result, done: int) -> None:
                         if done == trigger_at:
-                            at_s = result.started_s + (result.latency_s if result.ok else 0.0)
+                            # the workload's clock: this step's end is "now"
+                            now_s = result.started_s + (result.latency_s if result.ok else 0.0)
+                            t = time.perf_counter()
 
                             def fire():
                                 event = start_curtailment(spec)
                                 if event:
-                                    events.append({"at_s": at_s, **event})
+                                    at_s = now_s + time.perf_counter() - t  # the grid is cut
+                                    # the policy sheds a site within two ticks of its cut
+                                    shed_s = at_s + 2 * spec.scheduler.tick_s
+                                    events.append({"at_s": round(at_s, 3),
+                                                   "effective_s": round(shed_s, 3), **event})
                                     out.log(f"[bold yellow]power event[/]: {event['what']}")
                             threading.Thread(target=fire, daemon=True).start()
 

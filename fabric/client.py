@@ -93,9 +93,11 @@ class WorkloadReport:
             "site_share": _shares(ok, "site"),
             "error_kinds": dict(errors),
         }
-        for event in self.events:  # traffic before and after each event, by site
+        for event in self.events:  # traffic before an event, and once it has taken effect
+            after = [r for r in ok if r.started_s >= event.get("effective_s", event["at_s"])]
             event["site_share_before"] = _shares([r for r in ok if r.started_s < event["at_s"]], "site")
-            event["site_share_after"] = _shares([r for r in ok if r.started_s >= event["at_s"]], "site")
+            event["site_share_after"] = _shares(after, "site")
+            event["requests_after"] = len(after)
         self.summary["events"] = self.events
 
     def to_dict(self) -> dict:
@@ -126,7 +128,8 @@ class WorkloadReport:
         for event in s["events"]:
             rows.append((f"at {event['at_s']:.1f} s", event["what"]))
             rows.append(("  sites before", self._fmt(event["site_share_before"])))
-            rows.append(("  sites after", self._fmt(event["site_share_after"])))
+            rows.append((f"  sites after (from {event.get('effective_s', event['at_s']):.1f} s)",
+                         f"{self._fmt(event['site_share_after'])} of {event['requests_after']} req"))
         for kind, count in s["error_kinds"].items():
             rows.append((f"error {kind}", str(count)))
         for k, v in rows:

@@ -129,15 +129,37 @@ class LocalCluster:
         return self
 
     def shutdown(self) -> None:
-        if self._cluster is not None:
+        if self._cluster is None:
+            return
+        address = self._cluster.address
+        try:
             self._cluster.shutdown()
+        finally:
             self._cluster = None
+            forget_session_pointer(address)
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def forget_session_pointer(address: str) -> bool:
+    """Remove Ray's "current cluster" pointer (``ray_current_cluster`` in Ray's temp folder)
+    when it still names this cluster: left behind, it makes the machine's next plain
+    ``ray.init(num_cpus=...)`` try to join the dead cluster and fail. Returns whether it did."""
+    from ray._common.utils import get_ray_address_file
+
+    path = get_ray_address_file(None)
+    try:
+        with open(path) as f:
+            if f.read().strip() != address:
+                return False  # another cluster's: not ours to remove
+        os.remove(path)
+    except OSError:
+        return False
+    return True
 
 
 def _check_reachable(address: str, timeout_s: float = 3.0) -> None:

@@ -29,6 +29,9 @@ class Costs(BaseModel):
     """From the fabric's own usage records of this run's requests."""
 
     records: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    max_completion_tokens: int = 0   # the largest answer of any one request
     billed_usd: float = 0.0
     energy_j: float = 0.0
     carbon_g: float = 0.0
@@ -142,6 +145,9 @@ def build_report(run_id: str, workload: str, agents: int, steps: list[Step], tas
         swarm_usage=swarm_usage)
     if usage_rows is not None:
         c = Costs(records=len(usage_rows),
+                  prompt_tokens=sum(r["prompt_tokens"] for r in usage_rows),
+                  completion_tokens=sum(r["completion_tokens"] for r in usage_rows),
+                  max_completion_tokens=max((r["completion_tokens"] for r in usage_rows), default=0),
                   billed_usd=round(sum(r["billed_usd"] for r in usage_rows), 9),
                   energy_j=round(sum(r["energy_j"] for r in usage_rows), 3),
                   carbon_g=round(sum(r["carbon_g"] for r in usage_rows), 6))

@@ -50,7 +50,8 @@ def _usage_rows(run_id: str, expected: int, timeout_s: float = 20.0) -> list[dic
         usage = Path(root) / "usage"
         if any(usage.glob("date=*/*.parquet")):  # read only this run's rows, not the whole ledger
             rows = ds.dataset(usage, format="parquet", partitioning="hive").to_table(
-                columns=["request_id", "billed_usd", "energy_j", "carbon_g"],
+                columns=["request_id", "prompt_tokens", "completion_tokens", "billed_usd",
+                         "energy_j", "carbon_g"],
                 filter=pc.starts_with(ds.field("agent_id"), f"{run_id}/")).to_pylist()
         if len(rows) >= expected or time.monotonic() > deadline:
             return rows

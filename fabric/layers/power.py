@@ -41,10 +41,20 @@ class PowerGrid:
         the deferred queue chooses windows with it)."""
         return [self.state_at(self.clock.offset(t)) for t in wall_times]
 
-    def seek(self, offset_s: float) -> dict:
-        """Move the replay clock (e.g. jump to a curtailment in a demo)."""
+    def seek(self, offset_s: float, speed: float | None = None) -> dict:
+        """Move the replay clock (e.g. jump to a curtailment in a demo); ``speed`` changes the
+        replay speed too (0 holds the replay at ``offset_s``, for what-ifs and tests)."""
         import time
-        self.clock = ReplayClock(self.clock.speed, offset_s, time.time())
+        self.clock = ReplayClock(self.clock.speed if speed is None else speed, offset_s, time.time())
+        return self.state()
+
+    def clock_state(self) -> dict:
+        """The replay clock as plain data, so a caller can put it back with ``set_clock``."""
+        return {"speed": self.clock.speed, "start_s": self.clock.start_s, "t0": self.clock.t0}
+
+    def set_clock(self, speed: float, start_s: float, t0: float) -> dict:
+        """Restore a clock saved with ``clock_state`` (the replay goes on where it would be)."""
+        self.clock = ReplayClock(speed, start_s, t0)
         return self.state()
 
     def event_log(self, since_offset_s: float | None = None) -> list[dict]:

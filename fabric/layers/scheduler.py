@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import ray
 
@@ -80,6 +81,7 @@ class Scheduler:
         self._scaling: dict[str, asyncio.Task] = {}
         self._scale_retry_at: dict[str, float] = {}
         self._factories: dict[str, object] = {}  # site -> AIFactory handle
+        self._history: deque = deque(maxlen=600)  # (tick, version, weights): the last minutes
 
     async def _tick_forever(self) -> None:
         while True:
@@ -105,13 +107,29 @@ class Scheduler:
     async def tick(self) -> dict:
         self._snapshot = await self._snapshot_now()
         version = max(int(time.time() * 1000), self._table.version + 1)
+        before = self._table.weights
         self._table = self._policy.table(self._snapshot, version)
         self._ticks += 1
+        self._history.append({"tick": self._ticks, "version": version,
+                              "weights": dict(self._table.weights)})
+        self._log_shifts(before, self._table.weights)
         self._metrics.observe(self._states, self._table.weights, self._table.version)
         await self._act_on_power(self._snapshot)
         if self._spec.scheduler.scale_replicas:
             self._act_on_replicas(self._snapshot)
         return self._table.model_dump()
+
+    def _log_shifts(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Log each site the new table sheds (weight to 0) or readmits (from 0), with the tick."""
+        if not before:
+            return
+        for site, weight in after.items():
+            was = before.get(site, 0.0)
+            if (was > 0) != (weight > 0):
+                signals = next((s for s in self._snapshot.sites if s.name == site), None)
+                self._log({"action": "shed" if was > 0 else "readmit", "site": site,
+                           "tick": self._ticks, "curtailed": bool(signals and signals.curtailed),
+                           "headroom_w": round(signals.headroom_w, 1) if signals else None})
 
     async def _act_on_power(self, snap: Snapshot) -> None:
         """Cap GPU power at sites shed for negative headroom; restore when they come back."""
@@ -258,10 +276,15 @@ class Scheduler:
             await self.tick()
         return self._table.model_dump()
 
+    async def table_history(self, since_tick: int = 0) -> list[dict]:
+        """The tables of the last minutes (every tick's weights), oldest first."""
+        return [h for h in self._history if h["tick"] > since_tick]
+
     async def status(self) -> dict:
         return {"ticks": self._ticks, "policy": self._policy.name,
                 "replica_targets": dict(self._targets),
                 "drained_sites": sorted(self._planner.drained),
+                "capped_sites": sorted(self._capped),
                 "table": self._table.model_dump(), "actions": self._actions[-20:],
                 "snapshot": self._snapshot.model_dump() if self._snapshot else None}
 

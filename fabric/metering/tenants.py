@@ -5,7 +5,9 @@ Limits are enforced where requests are served, in each engine replica, without a
 data path: each of the model's N replicas enforces 1/N of a tenant's requests/min, tokens/min
 and daily budget (a local-share limiter). The router spreads a tenant's traffic over the
 replicas, so the fabric-wide limit holds within that share's granularity; a session pinned to
-one replica meets its share sooner.
+one replica meets its share sooner. Per-minute limits count over the last 60 s (a sliding
+window), so no burst of twice the limit fits across a minute boundary, and Retry-After says
+when the oldest counted request leaves the window.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,15 +46,29 @@ class Refusal:
     retry_after_s: float | None = None
 
 
+WINDOW_S = 60.0  # requests/min and tokens/min count over this sliding window
+
+
 @dataclass
 class _Window:
-    """Requests and tokens in the current minute, and dollars in the current UTC day."""
+    """Requests and tokens of the last minute (sliding), and dollars in the current UTC day."""
 
-    minute: int = -1
-    requests: int = 0
-    tokens: int = 0
+    requests: deque = field(default_factory=deque)   # admission times
+    tokens: deque = field(default_factory=deque)     # (time, tokens) of served requests
+    token_sum: int = 0
     day: int = -1
     spent_usd: float = 0.0
+
+    def expire(self, now: float) -> None:
+        while self.requests and self.requests[0] <= now - WINDOW_S:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= now - WINDOW_S:
+            self.token_sum -= self.tokens.popleft()[1]
+
+    def retry_after(self, now: float, oldest: float | None) -> int:
+        """Whole seconds until the oldest counted entry leaves the window (1..60)."""
+        wait = WINDOW_S if oldest is None else oldest + WINDOW_S - now
+        return max(1, min(int(WINDOW_S), math.ceil(wait)))
 
 
 @dataclass
@@ -106,9 +123,8 @@ class Gatekeeper:
     def _window(self, tenant: str) -> _Window:
         now = self.clock()
         w = self._windows.setdefault(tenant, _Window())
-        minute, day = int(now // 60), int(now // 86400)
-        if w.minute != minute:
-            w.minute, w.requests, w.tokens = minute, 0, 0
+        w.expire(now)
+        day = int(now // 86400)
         if w.day != day:
             w.day, w.spent_usd = day, 0.0
         return w
@@ -133,27 +149,29 @@ class Gatekeeper:
             return Refusal(403, f"tenant {t.name!r} may not use the {tier} tier "
                                 f"(allowed: {', '.join(t.allowed_tiers) or 'none'})", "permission_denied")
         w = self._window(t.name)
-        retry = 60 - self.clock() % 60
+        now = self.clock()
         budget = self._share(t.daily_budget_usd)
         if budget is not None and w.spent_usd >= budget:
             return Refusal(402, f"tenant {t.name!r} has spent its daily budget "
                                 f"(${t.daily_budget_usd:g}); it resets at 00:00 UTC",
                            "insufficient_quota", 86400 - self.clock() % 86400)
         rpm = self._share(t.requests_per_min, 1.0)
-        if rpm is not None and w.requests + 1 > rpm:
+        if rpm is not None and len(w.requests) + 1 > rpm:
             return Refusal(429, f"tenant {t.name!r} is over its limit of "
                                 f"{t.requests_per_min:g} requests/min", "rate_limit_exceeded",
-                           math.ceil(retry))
+                           w.retry_after(now, w.requests[0] if w.requests else None))
         tpm = self._share(t.tokens_per_min, 1.0)
-        if tpm is not None and w.tokens >= tpm:
+        if tpm is not None and w.token_sum >= tpm:
             return Refusal(429, f"tenant {t.name!r} is over its limit of "
                                 f"{t.tokens_per_min:g} tokens/min", "rate_limit_exceeded",
-                           math.ceil(retry))
-        w.requests += 1
+                           w.retry_after(now, w.tokens[0][0] if w.tokens else None))
+        w.requests.append(now)
         return None
 
     def charge(self, t: TenantLimits, tokens: int, usd: float) -> None:
         """Count what a served request used (tokens this minute, dollars today)."""
         w = self._window(t.name)
-        w.tokens += tokens
+        if tokens:
+            w.tokens.append((self.clock(), tokens))
+            w.token_sum += tokens
         w.spent_usd += usd

@@ -88,21 +88,52 @@ class Watched:
         return "".join(self.lines)
 
 
+def assert_nothing_left_behind(address: str | None, port: int) -> None:
+    """No port held, no pointer to the dead cluster, and a plain Ray program starts its own."""
+    import os
+
+    from ray._common.utils import get_ray_address_file
+
+    from fabric.cluster import port_in_use
+
+    assert not port_in_use("127.0.0.1", port), f"port {port} still held"
+    pointer = get_ray_address_file(None)
+    if address and os.path.exists(pointer):
+        assert open(pointer).read().strip() != address, f"{pointer} still names {address}"
+    plain = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1); "
+                            "print('cpus', ray.cluster_resources()['CPU']); ray.shutdown()"],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert plain.returncode == 0 and "cpus 1.0" in plain.stdout, plain.stdout + plain.stderr[-2000:]
+
+
 def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_path):
     # 12 agents: each session sticks to one of the 2 replicas, so both regions serve unless
-    # all 12 hash to one replica (p = 2 × 2^-12)
-    run = Watched("demo", "--agents", "12", "--steps", "2", "--max-tokens", "8",
-                  "--port", str(free_port()), "--log-file", str(tmp_path / "demo.log"))
+    # all 12 hash to one replica (p = 2 × 2^-12); 20 steps each keep traffic flowing well
+    # past the power event (raised after 40 % of the steps)
+    import json
+
+    port = free_port()
+    report_json = tmp_path / "demo.json"
+    run = Watched("demo", "--agents", "12", "--steps", "20", "--max-tokens", "16",
+                  "--port", str(port), "--log-file", str(tmp_path / "demo.log"),
+                  "--report-json", str(report_json))
     rc = run.finish(timeout=600)
     out = run.output
     assert rc == 0, out
-    assert "agent workload report" in out and "24 (24 ok, 0 errors)" in out
+    assert "agent workload report" in out and "240 (240 ok, 0 errors)" in out
     assert "power event" in out and "sites before" in out
     assert re.search(r"region cloud\s.*\d+ req", out) and re.search(r"region edge\s.*\d+ req", out)
     assert "TTFT p50" in out and "latency p50" in out
+    # the promise, not its shadow: once the event took effect, the curtailed site got < 10 %
+    [event] = json.loads(report_json.read_text())["summary"]["events"]
+    assert event["site"] == "cloud-a" and event["site_share_before"].get("cloud-a", 0) > 0.1, event
+    assert event["requests_after"] >= 30, event
+    assert event["site_share_after"].get("cloud-a", 0) < 0.1, event
     assert len(run.seen) > 5  # it really started raylets, workers and engines
     assert run.survivors() == []
     assert (tmp_path / "demo.log").stat().st_size > 0  # Ray/vLLM noise went to the log
+    assert_nothing_left_behind(None, port)
 
 
 def test_ctrl_c_shuts_the_fabric_down(tmp_path):
@@ -119,9 +150,12 @@ def test_up_status_down(tmp_path):
     """`fabric up` records the running fabric; `fabric status` and `fabric down` find it."""
     import json
 
-    run = Watched("up", "--spec", one_model_spec(tmp_path), "--port", str(free_port()),
+    port = free_port()
+    run = Watched("up", "--spec", one_model_spec(tmp_path), "--port", str(port),
                   "--log-file", str(tmp_path / "up.log"))
     assert run.wait_for(r"serving", timeout=400), run.output
+    from fabric.status import read_run
+    address = read_run()["address"]
     status = subprocess.run([*FABRIC, "status", "--json"], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
     snap = json.loads(status.stdout)
@@ -131,5 +165,6 @@ def test_up_status_down(tmp_path):
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert run.finish(timeout=30) == 0
     assert run.survivors() == []
+    assert_nothing_left_behind(address, port)
     again = subprocess.run([*FABRIC, "down"], capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "no running fabric" in again.stdout

@@ -6,6 +6,7 @@ import uuid
 
 import httpx
 import pytest
+import ray
 
 pytestmark = pytest.mark.integration
 KEYS = {"demo": "fabric-local", "edge-only": "edge-only-key"}
@@ -56,6 +57,62 @@ def test_a_deferred_request_is_served_before_its_deadline_and_metered(fabric):
     assert mine and mine[0]["requests"] == 1 and mine[0]["billed_usd"] > 0
     listed = api(fabric, "GET").json()["data"]
     assert job["id"] in {j["id"] for j in listed} and "response" not in listed[0]
+
+
+SPEED = 720.0  # the replay for this test: an hour of grid data every 5 s
+
+
+def _scores_ahead(models, offset_s: float, span_s: float, policy) -> list[float]:
+    """The queue's scores (pure code) over the samples from ``offset_s`` for ``span_s`` of
+    wall time at SPEED, from the sites' own grid models."""
+    from fabric.scheduling.deferral import GridPoint, sample_times, scores
+
+    times = sample_times(0.0, span_s, policy.samples)
+    rows = []
+    for t in times:
+        states = [m.state(offset_s + SPEED * t) for m in models]
+        rows.append([GridPoint(g.price_usd_per_mwh, g.carbon_g_per_kwh, g.curtailed) for g in states])
+    return scores(rows, policy)
+
+
+def test_a_deferred_job_waits_for_the_cheaper_window_and_runs_there(fabric, power):
+    """Not merely accepted: a job whose deadline leaves room for a better window is held,
+    planned into that window, and released there (scored by the grid at both times)."""
+    from fabric.power.grid import GridModel
+    from fabric.scheduling.deferral import DeferralPolicy, GridPoint, scores
+
+    policy, deadline_s = DeferralPolicy(), 60.0
+    span = deadline_s - policy.margin_s                  # the latest start, in wall seconds
+    spacing = span / (policy.samples - 1)
+    hosting = sorted({s.name for m in fabric.spec.models for _, s in fabric.spec.hosting_sites(m)})
+    models = [GridModel(s.power) for _, s in fabric.spec.sites if s.name in hosting]
+    # the point of the replayed week (after its scheduled curtailment) where the best window
+    # lies 8+ s ahead and beats now by the most
+    candidates = []
+    for half_hour in range(30, 320):
+        ahead = _scores_ahead(models, half_hour * 1800.0, span, policy)
+        best = min(range(len(ahead)), key=lambda i: (ahead[i], i))
+        if 8 <= best * spacing <= 0.7 * span:
+            candidates.append((ahead[0] / ahead[best], half_hour * 1800.0))
+    gain, offset = max(candidates)
+    assert gain > 1 + 2 * policy.tolerance, candidates  # clearly better than waiting for nothing
+    for site in hosting:  # one replay clock for every site, as the fabric runs them
+        power.seek(site, offset, speed=SPEED)
+
+    job = submit(fabric, deadline_s, f"deferred-{uuid.uuid4().hex[:8]}")
+    done = wait_done(fabric, job["id"], deadline_s + 60)
+    assert done["status"] == "completed", done
+    assert done["planned_start"] - job["created_at"] >= 5, done       # it planned to wait
+    assert done["started_at"] >= done["planned_start"] - 2 * spacing, done   # and did
+    assert done["finished_at"] <= done["deadline"]
+    # the grid at release is cheaper/greener than at submission (the queue's own score)
+    rows = []
+    for t in (job["created_at"], done["started_at"]):
+        states = [ray.get(power.grid(site).forecast.remote([t]))[0] for site in hosting]
+        rows.append([GridPoint(g["price_usd_per_mwh"], g["carbon_g_per_kwh"], g["curtailed"])
+                     for g in states])
+    at_submit, at_release = scores(rows, policy)
+    assert at_release < at_submit, (at_submit, at_release)
 
 
 def test_jobs_belong_to_their_tenant_and_bad_submissions_are_refused(fabric):

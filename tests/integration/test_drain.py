@@ -3,12 +3,11 @@ engines (Serve's target for the model drops within its min/max, and only that si
 stops), requests keep being served elsewhere, and the engine comes back with the power."""
 
 import concurrent.futures as cf
-import time
 
 import pytest
 import ray
 
-from conftest import HTTP
+from conftest import HTTP, wait_for
 from fabric.layers import naming
 
 pytestmark = pytest.mark.integration
@@ -49,28 +48,17 @@ def serve_replicas(model):
     raise AssertionError(f"no deployment for {model}")
 
 
-def wait_for(what, check, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(1.0)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def test_a_site_short_of_power_loses_its_engines_and_gets_them_back(fabric):
+def test_a_site_short_of_power_loses_its_engines_and_gets_them_back(fabric, power):
     model, spec = fabric.spec.model.id, fabric.spec
     hosts = [s.name for _, s in spec.hosting_sites(spec.model)]
     assert hosts == ["edge-a", "cloud-a"] and spec.model.min_replicas == 1
     before = engines(scheduler_status(), model)
     assert before["edge-a"] and before["cloud-a"]
     assert serve_replicas(model) == (2, sorted(before["edge-a"] + before["cloud-a"]))
-    grid = ray.get_actor(naming.power("cloud-a"), namespace=naming.NAMESPACE)
-    cut = next(s for _, s in spec.sites if s.name == "cloud-a").power.curtailments[0]
+    cut = power.curtailment("cloud-a")
 
     codes: list[int] = []
-    ray.get(grid.seek.remote(cut.start_s))  # cloud-a's grid cuts it below its idle draw
+    power.seek("cloud-a", cut.start_s)  # cloud-a's grid cuts it below its idle draw
     try:
         def drained():
             codes.extend(code for code, _ in burst(fabric, 4))  # traffic flows throughout
@@ -91,7 +79,7 @@ def test_a_site_short_of_power_loses_its_engines_and_gets_them_back(fabric):
         after = burst(fabric, 8)
         assert all(code == 200 for code, _ in after) and {s for _, s in after} == {"edge-a"}
     finally:
-        ray.get(grid.seek.remote(0))  # power is back
+        power.restore()  # power is back
     assert codes and all(code == 200 for code in codes), codes
 
     def back():

@@ -7,7 +7,7 @@ import uuid
 
 import httpx  # noqa: F401
 
-from conftest import HTTP, session_records as records_for
+from conftest import HTTP, POWER_SOURCES, session_records as records_for
 import openai
 import pytest
 
@@ -51,8 +51,13 @@ def test_every_request_gets_one_exact_record(fabric):
         assert r["status"] == 200 and r["agent_id"] == "agent-7" and r["model"] == model
         assert r["site"] in {"edge-a", "cloud-a"} and r["region"] in {"edge", "cloud"}
         assert r["energy_j"] > 0 and r["carbon_g"] > 0 and r["billed_usd"] > 0
-        assert 0 < r["ttft_s"] <= r["latency_s"] and r["power_source"] == "model"
+        assert 0 < r["ttft_s"] <= r["latency_s"] and r["power_source"] in POWER_SOURCES
         assert r["tier"] == "small"
+        # billed exactly at the spec's per-million-token prices
+        price = fabric.spec.model
+        assert r["billed_usd"] == round((r["prompt_tokens"] * price.price_usd_per_mtok_in
+                                         + r["completion_tokens"] * price.price_usd_per_mtok_out)
+                                        / 1e6, 12)
 
 
 def test_refused_and_client_labelled_requests_are_recorded_too(fabric):

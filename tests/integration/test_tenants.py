@@ -7,6 +7,8 @@ import httpx
 import openai
 import pytest
 
+from conftest import tenant_key
+
 pytestmark = pytest.mark.integration
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -36,19 +38,11 @@ def test_missing_or_wrong_key_is_401(fabric):
 
 
 def test_rate_limit_is_429_with_retry_after(fabric):
-    # 4 requests/min for the tenant, 2 per replica: of 6 requests at most 4 can pass — within
-    # one minute (limits count per wall-clock minute: the burst starts where the minute has
-    # room for it, or a previous test's requests fall in another minute)
-    import time
-
-    left = 60 - time.time() % 60
-    if left < 20:
-        time.sleep(left + 0.5)
-    minute = int(time.time() // 60)
-    responses = [post(fabric, key="trial-key") for _ in range(6)]
-    assert int(time.time() // 60) == minute, "the burst took 20 s"
+    # 4 requests/min for the tenant (its own: no other test spends it), 2 per replica over a
+    # sliding minute: of 6 requests the first 2 pass wherever they land, at most 4 in all
+    responses = [post(fabric, key=tenant_key("rate-test")) for _ in range(6)]
     codes = [r.status_code for r in responses]
-    assert codes[:2] == [200, 200] and set(codes) == {200, 429} and codes.count(200) <= 4
+    assert codes[:2] == [200, 200] and set(codes) == {200, 429} and codes.count(200) <= 4, codes
     limited = next(r for r in responses if r.status_code == 429)
     err = error_of(limited, 429)
     assert err["code"] == "rate_limit_exceeded" and 0 < int(limited.headers["retry-after"]) <= 60
@@ -72,10 +66,28 @@ def test_tenant_held_to_a_region_must_pin_it(fabric):
 
 
 def test_daily_budget_is_402(fabric):
-    session = f"prepaid-{uuid.uuid4().hex[:6]}"
-    assert post(fabric, key="capped-key", session=session).status_code == 200
-    r = post(fabric, key="capped-key", session=session)
+    session = f"prepaid-{uuid.uuid4().hex[:6]}"   # one session: one replica, one budget share
+    assert post(fabric, key=tenant_key("budget-test"), session=session).status_code == 200
+    r = post(fabric, key=tenant_key("budget-test"), session=session)
     assert error_of(r, 402)["code"] == "insufficient_quota"
+
+
+def test_every_refusal_is_on_the_ledger_with_its_tenant(fabric):
+    """403 (privacy right), 429 (rate) and 402 (budget): each refused request is a ledger row
+    with its tenant, its status and no tokens."""
+    from conftest import session_records
+
+    session = f"refusals-{uuid.uuid4().hex[:6]}"
+    limited, budget = tenant_key("refusals-test"), tenant_key("refusals-budget-test")
+    got = [post(fabric, key=limited, session=session, metadata={"fabric_privacy": "edge"}).status_code]
+    got += [post(fabric, key=limited, session=session).status_code for _ in range(2)]  # 1/min
+    got += [post(fabric, key=budget, session=session).status_code for _ in range(2)]
+    assert got == [403, 200, 429, 200, 402], got
+    rows = session_records(fabric, session, 5)
+    assert sorted((r["tenant"], r["status"]) for r in rows) == [
+        ("refusals-budget-test", 200), ("refusals-budget-test", 402),
+        ("refusals-test", 200), ("refusals-test", 403), ("refusals-test", 429)]
+    assert all(r["completion_tokens"] == 0 for r in rows if r["status"] != 200)
 
 
 def test_ledger_names_the_tenant_of_every_request(fabric):

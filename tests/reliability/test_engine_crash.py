@@ -11,6 +11,8 @@ import httpx
 import psutil
 import pytest
 
+from conftest import wait_for
+
 pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 H = {"authorization": "Bearer fabric-local"}
 
@@ -53,13 +55,17 @@ def test_engine_crash_under_load(fabric):
     threads = [threading.Thread(target=client, args=(i, i % 3 == 0), daemon=True) for i in range(6)]
     for t in threads:
         t.start()
-    time.sleep(5)
+    wait_for("requests served before the crash", lambda: len(results) >= 6, timeout=120)
     cores = engine_cores()
     assert len(cores) == 2, cores  # one small-model engine per serving site
     cores[-1].kill()
     killed_at = len(results)
-    time.sleep(20)
-    stop.set()
+    # load goes on until enough plain requests have finished since the crash (replays included)
+    try:
+        wait_for("plain requests after the crash", lambda: sum(
+            kind == "plain" for kind, _, _ in results[killed_at:]) > 20, timeout=240)
+    finally:
+        stop.set()
     for t in threads:
         t.join(150)
     assert not any(t.is_alive() for t in threads), "a request hung"

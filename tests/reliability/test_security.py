@@ -12,6 +12,7 @@ import pytest
 import ray
 import yaml
 
+from conftest import tenant_key
 from fabric.spec import default_spec_path
 
 pytestmark = pytest.mark.integration
@@ -50,12 +51,13 @@ def test_hints_cannot_bypass_privacy_rights_or_budgets(fabric):
         json={"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 4,
               "metadata": {"fabric_privacy": "edge", "fabric_tenant": "demo"}}, timeout=60)
     assert r.status_code == 403 and "privacy=edge" in r.json()["error"]["message"]
-    # the prepaid tenant spends its whole budget (its share on the edge replica) in one
-    # request; no hint buys another
-    statuses = [post(fabric, "capped-key", metadata={"fabric_region": "edge", **meta}).status_code
+    # a prepaid tenant (this test's own) spends its whole budget (its share on the edge
+    # replica) in one request; no hint buys another
+    statuses = [post(fabric, tenant_key("budget-hints-test"),
+                     metadata={"fabric_region": "edge", **meta}).status_code
                 for meta in ({}, {}, {"fabric_tier": "small"}, {"fabric_tenant": "demo"},
                              {"fabric_privacy": "edge"})]
-    assert statuses[0] in (200, 402) and statuses[1:] == [402] * 4, statuses  # (spent earlier?)
+    assert statuses == [200] + [402] * 4, statuses
 
 
 def test_local_endpoint_listens_on_loopback_only(fabric):

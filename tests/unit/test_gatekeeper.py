@@ -36,8 +36,20 @@ def test_requests_per_minute_with_retry_after():
     assert [g.admit(trial) for _ in range(4)] == [None] * 4
     over = g.admit(trial)
     assert over.status == 429 and over.code == "rate_limit_exceeded" and 0 < over.retry_after_s <= 60
-    now[0] = 1080.0  # next minute
+    assert over.retry_after_s == 60  # the first request leaves the window in 60 s
+    now[0] = 1030.0
+    assert g.admit(trial).retry_after_s == 30
+    now[0] = 1060.0  # a sliding window: the first four are a minute old
     assert g.admit(trial) is None
+
+
+def test_no_double_burst_across_a_minute_boundary():
+    now = [1019.0]   # one second before a wall-clock minute ends
+    g = gate(now=now)
+    trial = g.authenticate("Bearer k2")
+    assert [g.admit(trial) for _ in range(4)] == [None] * 4
+    now[0] = 1021.0  # the next wall-clock minute: still the same 60 s window
+    assert g.admit(trial).status == 429
 
 
 def test_replica_share_of_limits():
@@ -54,6 +66,8 @@ def test_tokens_per_minute_and_privacy():
     assert g.admit(trial) is None
     g.charge(trial, 100, 0.0)
     assert g.admit(trial).status == 429 and "tokens/min" in g.admit(trial).message
+    g.clock = lambda: 60.0
+    assert g.admit(trial) is None  # the tokens left the window
 
 
 def test_daily_budget_resets_at_midnight_utc():
