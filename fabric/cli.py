@@ -252,7 +252,7 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help="scheduler | 
 
 @app.command()
 def simulate(spec_path: Optional[Path] = SpecOpt,
-             trace: Optional[Path] = typer.Option(None, help="request trace: CSV or Mooncake JSONL"),
+             trace: Optional[Path] = typer.Option(None, help="request trace: the fabric's CSV, an Azure LLM inference trace CSV, BurstGPT CSV or Mooncake JSONL"),
              synthetic: str = typer.Option("diurnal", help="poisson | bursty | diurnal (without --trace)"),
              requests: Optional[int] = typer.Option(None, min=1, help="requests (synthetic) or trace cap"),
              rate: Optional[float] = typer.Option(None, help="arrivals/s (default: --load × capacity)"),
@@ -303,8 +303,11 @@ def status(address: Optional[str] = typer.Option(None, help="Ray cluster (defaul
 def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (default: the user data dir)"),
           by: str = typer.Option("tenant", help="tenant | agent_id | model | tier | region | site | date"),
           hours: Optional[float] = typer.Option(None, help="only the last N hours"),
+          savings: bool = typer.Option(False, "--savings", help="also the energy $ and kg CO2 "
+                                       "saved against least_load at the same moments"),
           as_json: bool = typer.Option(False, "--json")) -> None:
-    """Totals from the token ledger: requests, tokens, $, J/token, gCO2 per million tokens."""
+    """Totals from the token ledger: requests, tokens, $, J/token, gCO2 per million tokens
+    (with --savings: against what least_load would have made of the same tokens)."""
     import datetime as dt
 
     from rich.table import Table
@@ -321,13 +324,24 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"usage by {by}", title_justify="left")
-    for col in (by, "requests", "tokens in", "tokens out", "billed $", "energy $", "J/token", "gCO2/Mtok"):
+    cols = [by, "requests", "tokens in", "tokens out", "billed $", "energy $", "J/token", "gCO2/Mtok"]
+    if savings:
+        cols += ["saved $", "saved kg CO2", "of requests"]
+    for col in cols:
         table.add_column(col, justify="left" if col == by else "right")
     for r in rows:
-        table.add_row(str(r[by]), str(r["requests"]), f"{r['prompt_tokens']:,}",
-                      f"{r['completion_tokens']:,}", f"{r['billed_usd']:.6f}",
-                      f"{r['energy_cost_usd']:.9f}", f"{r['j_per_token']:.4f}", f"{r['gco2_per_mtok']:.1f}")
-    Console(width=140).print(table)
+        cells = [str(r[by]), str(r["requests"]), f"{r['prompt_tokens']:,}",
+                 f"{r['completion_tokens']:,}", f"{r['billed_usd']:.6f}",
+                 f"{r['energy_cost_usd']:.9f}", f"{r['j_per_token']:.4f}", f"{r['gco2_per_mtok']:.1f}"]
+        if savings:
+            cells += [f"{r['saved_usd']:.9f}", f"{r['saved_kg_co2']:.9f}",
+                      f"{r['counterfactual_requests']:,}"]
+        table.add_row(*cells)
+    Console(width=170 if savings else 140).print(table)
+    if savings:
+        console.print("[dim]saved: the same tokens priced at the sites least_load would have "
+                      "weighted at each request's moment, less what they cost where they ran; "
+                      "records written before the counterfactual existed count as 0[/]")
 
 
 agents_app = typer.Typer(no_args_is_help=True, help="Agent workloads: swarms inside the cluster, or a client here.")

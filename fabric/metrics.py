@@ -91,8 +91,11 @@ class SiteMetrics:
                                   "table change moved", ())
         self._shares: dict[str, float] = {}
 
-    def observe(self, states: list[dict], weights: dict[str, float], version: int) -> float:
-        """Record one tick; returns the traffic share shifted since the last tick."""
+    def observe(self, states: list[dict], weights: dict[str, float], version: int,
+                groups: dict[str, str] | None = None) -> float:
+        """Record one tick; returns the traffic share shifted since the last tick. Shares are
+        within each site's group (``groups``: site -> the model it serves): a model's sites
+        share that model's traffic."""
         for st in states:
             tags = {"region": st["region"], "site": st["site"]}
             self.power.set(st["facility_power_w"], tags={**tags, "source": str(st.get("power_source", "model"))})
@@ -101,15 +104,20 @@ class SiteMetrics:
             self.price.set(st["price_usd_per_mwh"], tags=tags)
             self.carbon.set(st["carbon_g_per_kwh"], tags=tags)
             self.curtailed.set(1.0 if st["curtailed"] else 0.0, tags=tags)
-        total = sum(weights.values())
-        shares = {s: (w / total if total else 0.0) for s, w in weights.items()}
+        groups = groups or {}
+        totals: dict[str, float] = {}
+        for site, w in weights.items():
+            totals[groups.get(site, "")] = totals.get(groups.get(site, ""), 0.0) + w
+        shares = {s: (w / totals[groups.get(s, "")] if totals[groups.get(s, "")] else 0.0)
+                  for s, w in weights.items()}
+        n_groups = max(1, len(totals))
         regions = {st["site"]: st["region"] for st in states}
         for site, share in shares.items():
             self.weight.set(share, tags={"region": regions.get(site, "-"), "site": site})
         shifted = 0.0
         if self._shares:
             shifted = sum(max(0.0, shares.get(s, 0.0) - self._shares.get(s, 0.0))
-                          for s in set(shares) | set(self._shares))
+                          for s in set(shares) | set(self._shares)) / n_groups
             if shifted > 0:
                 self.shifted.inc(shifted)
         self.shifted_tick.set(shifted)

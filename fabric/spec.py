@@ -163,10 +163,18 @@ class ModelSpec(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    policy: str = Field("fabric", description="round_robin | least_load | cheapest_energy | "
-                                              "lowest_carbon | fabric")
+    policy: str = Field("fabric", description="fabric (economic dispatch) | least_load | "
+                        "round_robin | cheapest_energy | lowest_carbon | score_blend | module:Class")
     params: dict[str, float] = Field(default_factory=dict, description="the policy's parameters")
     tick_s: float = Field(0.5, gt=0, le=60)
+    scorers: dict[str, float] = Field(default_factory=lambda: {"energy_price": 1.0, "carbon": 1.0},
+                                      description="scorer name (or module:Class) -> weight: a "
+                                      "site's marginal cost per token is their weighted sum")
+    scorer_params: dict[str, dict[str, Any]] = Field(default_factory=dict,
+                                                     description="scorer name -> its parameters")
+    carbon_price_usd_per_t: float = Field(100.0, ge=0, description="what a tonne of CO2 costs "
+                                          "in the merit order (the carbon scorer's price)")
+    slo_ttft_s: float = Field(2.0, gt=0, description="the TTFT that dispatch keeps sites within")
     classifier: str = Field("fabric.scheduling.classify:RuleClassifier",
                             description="module:Class deciding tier=auto (classify(request) -> Decision)")
     classifier_params: dict[str, Any] = Field(default_factory=dict)
@@ -194,8 +202,17 @@ class SchedulerSpec(_Strict):
     def _valid_params(self) -> "SchedulerSpec":
         from fabric.scheduling.policies import make_policy
 
-        make_policy(self.policy, **self.params)  # a bad parameter fails at load
+        make_policy(self.policy, **self.policy_kwargs())  # a bad parameter fails at load
         return self
+
+    def policy_kwargs(self, **overrides) -> dict[str, Any]:
+        """What ``make_policy`` takes: the params, the scorers (the carbon price passed to the
+        carbon scorer unless its own parameters set one), the tick and the SLO."""
+        scorer_params = {k: dict(v) for k, v in self.scorer_params.items()}
+        if "carbon" in self.scorers:
+            scorer_params.setdefault("carbon", {}).setdefault("usd_per_t", self.carbon_price_usd_per_t)
+        return {"tick_s": self.tick_s, "slo_ttft_s": self.slo_ttft_s, **self.params,
+                "scorers": dict(self.scorers), "scorer_params": scorer_params, **overrides}
 
 
 class PowerClockSpec(_Strict):

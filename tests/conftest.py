@@ -98,12 +98,11 @@ class Power:
 
 
 def at_rest(status: dict) -> bool:
-    """No site curtailed, capped or drained, and every site hosting an engine has weight."""
+    """No site curtailed, capped, drained, shed or still ramping back after a power event."""
     snap = status.get("snapshot") or {"sites": []}
-    weights = status["table"]["weights"]
     return (not any(s["curtailed"] for s in snap["sites"]) and not status["capped_sites"]
-            and not status["drained_sites"]
-            and all(weights.get(s["name"], 0) > 0 for s in snap["sites"] if s["replicas"]))
+            and not status["drained_sites"] and not status["shed_sites"]
+            and not status["ramping_sites"])
 
 
 @pytest.fixture

@@ -75,11 +75,13 @@ def view(job: dict, with_response: bool = True) -> dict:
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class DeferredQueue:
     def __init__(self, root: str, endpoint: str, internal_key: str, sites: list[str],
-                 policy: dict | None = None, tick_s: float = 1.0, concurrency: int = 32):
+                 policy: dict | None = None, tick_s: float = 1.0, concurrency: int = 32,
+                 mwh_per_mtok: dict[str, float] | None = None):
         self.store = JobStore(root)
         self.endpoint = endpoint.rstrip("/")          # http://host:port
         self.internal_key = internal_key              # in memory only, never written
         self.sites = sites
+        self.mwh_per_mtok = mwh_per_mtok or {}
         self.policy = DeferralPolicy(**(policy or {}))
         self.tick_s = tick_s
         self._slots = asyncio.Semaphore(concurrency)
@@ -140,7 +142,8 @@ class DeferredQueue:
             except Exception:  # a site without a grid answer is left out of the forecast
                 continue
             for row, s in zip(rows, states):
-                row.append(GridPoint(s["price_usd_per_mwh"], s["carbon_g_per_kwh"], s["curtailed"]))
+                row.append(GridPoint(s["price_usd_per_mwh"], s["carbon_g_per_kwh"], s["curtailed"],
+                                     self.mwh_per_mtok.get(site, 1.0)))
         return rows
 
     async def _tick(self) -> None:
@@ -156,9 +159,10 @@ class DeferredQueue:
             idx = [i for i, t in enumerate(times) if t <= max(latest[job["id"]], now)]
             rows = [forecast[i] for i in idx]
             job_scores = scores(rows, self.policy) if all(rows) else []
-            if job_scores and job.get("planned_start") is None:
-                self.store.write(job["id"], planned_start=round(planned_start(
-                    [times[i] for i in idx], job_scores), 3))
+            if job_scores:  # re-planned every tick; written when the plan moves
+                plan = round(planned_start([times[i] for i in idx], job_scores, self.policy), 3)
+                if job.get("planned_start") is None or abs(plan - job["planned_start"]) > 1.0:
+                    self.store.write(job["id"], planned_start=plan)
             if should_release(now, latest[job["id"]], job_scores, self.policy):
                 self._running.add(job["id"])
                 task = asyncio.get_running_loop().create_task(self._run(job["id"]))
@@ -221,6 +225,23 @@ def start_deferred(spec, root: str, internal_key: str, head_label: dict):
                                   lifetime="detached", get_if_exists=True,
                                   label_selector=head_label).remote(
         root, f"http://{spec.endpoint.host}:{spec.endpoint.port}", internal_key,
-        sorted({s.name for m in spec.models for _, s in spec.hosting_sites(m)}))
+        sorted({s.name for m in spec.models for _, s in spec.hosting_sites(m)}),
+        deferral_policy(spec), mwh_per_mtok=site_mwh_per_mtok(spec))
     ray.get(actor.ping.remote())
     return actor
+
+
+def deferral_policy(spec) -> dict:
+    """The queue scores windows by the merit order's cost, at the spec's carbon price."""
+    return {"carbon_usd_per_t": spec.scheduler.carbon_price_usd_per_t}
+
+
+def site_mwh_per_mtok(spec) -> dict[str, float]:
+    """Facility MWh per million output tokens at each site (its GPUs and PUE, as simulated)."""
+    from fabric.sim.fleet import site_figures
+
+    out = {}
+    for _, site in spec.sites:
+        f = site_figures(spec, site)
+        out[site.name] = f["j_per_token"] * f["pue"] * 1e6 / 3.6e9
+    return out

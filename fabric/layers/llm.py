@@ -236,6 +236,9 @@ class ReplicaContext:
     pue: float = 1.0
     carbon_g_per_kwh: float = 0.0
     price_usd_per_mwh: float = 0.0
+    policy: str | None = None          # the routing table this replica last saw
+    table_version: int | None = None
+    counterfactual: dict | None = None  # this site's least_load counterfactual, from the table
 
 
 _HINT_HEADER_KEYS = frozenset(h.encode() for h in HINT_HEADERS)  # one pass per request
@@ -402,7 +405,21 @@ class _FabricMiddleware:
             "billed_usd": round(billed_usd(prompt, completion, c.price_in, c.price_out), 12)
             if tap.status == 200 else 0.0,
             "power_source": c.power_source,
+            **_counterfactual(c, energy),
         }
+
+
+def _counterfactual(c: ReplicaContext, energy_j: float) -> dict:
+    """The record's policy, table version and least_load counterfactual (none before the
+    replica has seen a table)."""
+    if c.counterfactual is None:
+        return {"policy": c.policy, "table_version": c.table_version}
+    from fabric.scheduling.counterfactual import price
+
+    usd, grams = price(energy_j, c.counterfactual)
+    return {"policy": c.policy, "table_version": c.table_version,
+            "counterfactual_site": c.counterfactual.get("site"),
+            "counterfactual_energy_cost_usd": round(usd, 12), "counterfactual_carbon_g": round(grams, 9)}
 
 
 def _parse_object(body: bytes) -> tuple[dict, str]:
@@ -498,7 +515,8 @@ class FabricLLMServer(LLMServer):
         replica = serve.get_replica_context().replica_id.unique_id
         actors: dict[str, Any] = {}
         names = {"monitor": naming.gpu(where["site"], where["node_id"]),
-                 "grid": naming.power(where["site"]), "ledger": LEDGER_NAME}
+                 "grid": naming.power(where["site"]), "ledger": LEDGER_NAME,
+                 "scheduler": naming.SCHEDULER}
 
         async def actor(key: str):
             if key not in actors:
@@ -526,6 +544,12 @@ class FabricLLMServer(LLMServer):
                     self._ctx.price_usd_per_mwh = grid["price_usd_per_mwh"]
                 except Exception:
                     actors.pop("grid", None)
+                try:  # what the records say about the decision: policy, version, counterfactual
+                    table = await (await actor("scheduler")).routing_table.remote()
+                    self._ctx.policy, self._ctx.table_version = table["policy"], table["version"]
+                    self._ctx.counterfactual = table.get("counterfactual", {}).get(where["site"])
+                except Exception:
+                    actors.pop("scheduler", None)
             if m.records:
                 try:
                     await hand_over(m.records, await actor("ledger"))

@@ -24,41 +24,29 @@ from fabric.layers.distribution import model_app_name
 from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
 from fabric.scheduling.policies import make_policy
 from fabric.scheduling.replicas import ModelReplicas, ReplicaPlan, ReplicaPlanner
-from fabric.scheduling.signals import ReplicaSignals, SiteSignals, Snapshot
+from fabric.scheduling.capacity import power_cap_w
+from fabric.scheduling.counterfactual import counterfactuals
+from fabric.scheduling.signals import Snapshot, site_signals
 from fabric.scheduling.table import RoutingTable
 from fabric.spec import ROLE_LABEL, FabricSpec
 
 SERVE_CONTROLLER, SERVE_NAMESPACE = "SERVE_CONTROLLER_ACTOR", "serve"  # Ray Serve's own names
 
 
-def site_signals(state: dict, edge: bool, max_inflight: int,
-                 latency_class: str = "regional") -> SiteSignals:
-    """One site's signals from its AIFactory state."""
-    nodes = state.get("node_readings", [])
-    engines = [ReplicaSignals(**e) for n in nodes for e in n.get("engines", [])]
-    return SiteSignals(
-        name=state["site"], region=state["region"], edge=edge, budget_w=state["budget_w"],
-        facility_w=state["facility_power_w"], price_usd_per_mwh=state["price_usd_per_mwh"],
-        carbon_g_per_kwh=max(0.0, state["carbon_g_per_kwh"]), curtailed=state["curtailed"],
-        replicas=state["replicas"], inflight=sum(n["inflight"] for n in nodes),
-        utilisation=max([n["engine_utilisation"] for n in nodes], default=0.0),
-        tokens_per_s=sum(n.get("tokens_per_s", 0.0) for n in nodes),
-        max_inflight_per_replica=max_inflight, latency_class=latency_class, engines=engines)
-
-
-def power_cap_w(site_budget_w: float, pue: float, gpus: int, idle_w: float, tdp_w: float) -> float:
-    """Per-GPU power limit that fits a site's IT share of its budget (never below idle)."""
-    return max(idle_w, min(tdp_w, site_budget_w / pue / max(1, gpus)))
-
-
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Scheduler:
     def __init__(self, spec_json: str):
         self._spec = FabricSpec.model_validate_json(spec_json)
-        self._policy = make_policy(self._spec.scheduler.policy, **self._spec.scheduler.params)
+        # Parking is planned by the policy; this actor does not yet stop engines for it, so it
+        # stays off here unless the spec asks (the simulator parks and cold-starts capacity).
+        live = {} if "park" in self._spec.scheduler.params else {"park": False}
+        self._policy = make_policy(self._spec.scheduler.policy,
+                                   **self._spec.scheduler.policy_kwargs(**live))
         self._edge = {s.name: r.edge for r in self._spec.regions for s in r.sites}
         self._latency = {s.name: r.latency_class for r in self._spec.regions for s in r.sites}
         self._sites = {s.name: s for _, s in self._spec.sites}
+        from fabric.sim.fleet import site_figures  # the GPUs' power and J/token, as simulated
+        self._figures = {s.name: site_figures(self._spec, s) for _, s in self._spec.sites}
         self._max_inflight = max(int(m.engine_kwargs.get("max_num_seqs", 64))
                                  for m in self._spec.models)
         self._table = RoutingTable()
@@ -78,6 +66,8 @@ class Scheduler:
             readmit_headroom=float(self._spec.scheduler.params.get("readmit_headroom", 0.05)))
         self._targets: dict[str, int] = {}       # model -> replica target Serve holds
         self._apps = {m.id: model_app_name(self._spec, m) for m in self._spec.models}
+        self._groups = {s.name: m.id for m in reversed(self._spec.models)   # site -> its model
+                        for _, s in self._spec.hosting_sites(m)}
         self._scaling: dict[str, asyncio.Task] = {}
         self._scale_retry_at: dict[str, float] = {}
         self._factories: dict[str, object] = {}  # site -> AIFactory handle
@@ -101,7 +91,8 @@ class Scheduler:
                                         timeout=max(2.0, self._spec.scheduler.tick_s * 4))
         self._states = [st for st in states if isinstance(st, dict)]
         sites = [site_signals(st, self._edge[st["site"]], self._max_inflight,
-                              self._latency[st["site"]]) for st in self._states]
+                              self._latency[st["site"]], self._figures[st["site"]])
+                 for st in self._states]
         return Snapshot(sites=sites, tick=self._ticks)
 
     async def tick(self) -> dict:
@@ -109,11 +100,12 @@ class Scheduler:
         version = max(int(time.time() * 1000), self._table.version + 1)
         before = self._table.weights
         self._table = self._policy.table(self._snapshot, version)
+        self._table.counterfactual = counterfactuals(self._snapshot)
         self._ticks += 1
         self._history.append({"tick": self._ticks, "version": version,
                               "weights": dict(self._table.weights)})
         self._log_shifts(before, self._table.weights)
-        self._metrics.observe(self._states, self._table.weights, self._table.version)
+        self._metrics.observe(self._states, self._table.weights, self._table.version, self._groups)
         await self._act_on_power(self._snapshot)
         if self._spec.scheduler.scale_replicas:
             self._act_on_replicas(self._snapshot)
@@ -285,6 +277,9 @@ class Scheduler:
                 "replica_targets": dict(self._targets),
                 "drained_sites": sorted(self._planner.drained),
                 "capped_sites": sorted(self._capped),
+                "shed_sites": sorted(getattr(self._policy, "shed", ())),
+                "ramping_sites": sorted(k for k, v in getattr(self._policy, "ramp", {}).items()
+                                        if v < 1.0),
                 "table": self._table.model_dump(), "actions": self._actions[-20:],
                 "snapshot": self._snapshot.model_dump() if self._snapshot else None}
 

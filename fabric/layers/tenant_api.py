@@ -107,7 +107,8 @@ def tenant_usage(root: str, tenant: str, since=None, until=None, group_by=None) 
     table = read_usage(root, since=since, until=until, tenant=tenant)
     empty = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "billed_usd": 0.0,
              "energy_cost_usd": 0.0, "energy_j": 0.0, "carbon_g": 0.0, "j_per_token": 0.0,
-             "gco2_per_mtok": 0.0}
+             "gco2_per_mtok": 0.0, "saved_usd": 0.0, "saved_kg_co2": 0.0,
+             "counterfactual_requests": 0}
     summary = (totals(table, None) or [empty])[0]
     return {"object": "fabric.usage", "tenant": tenant,
             "since": since.isoformat() if since else None,

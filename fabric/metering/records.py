@@ -27,6 +27,11 @@ SCHEMA = pa.schema([
     ("ttft_s", pa.float64()), ("latency_s", pa.float64()), ("energy_j", pa.float64()),
     ("carbon_g", pa.float64()), ("energy_cost_usd", pa.float64()), ("billed_usd", pa.float64()),
     ("power_source", pa.string()),
+    # why it ran where it did, and what least_load would have made of the same tokens (null in
+    # records written before these columns existed, or where no table had reached the engine)
+    ("policy", pa.string()), ("table_version", pa.int64()),
+    ("counterfactual_site", pa.string()), ("counterfactual_energy_cost_usd", pa.float64()),
+    ("counterfactual_carbon_g", pa.float64()),
 ])
 
 
@@ -53,6 +58,11 @@ class UsageRecord(BaseModel):
     energy_cost_usd: float = 0.0
     billed_usd: float = 0.0
     power_source: str = "model"
+    policy: str | None = None
+    table_version: int | None = None
+    counterfactual_site: str | None = None
+    counterfactual_energy_cost_usd: float | None = None
+    counterfactual_carbon_g: float | None = None
 
 
 def attribute(power_w: float, latency_s: float, concurrency: float, pue: float,

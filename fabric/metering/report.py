@@ -19,8 +19,11 @@ def read_usage(root: str | Path, since: dt.datetime | None = None,
     path = Path(root) / "usage"
     if not path.exists() or not any(path.glob("date=*/*.parquet")):
         return pa.table({})
+    from fabric.metering.records import SCHEMA
+
     only = None if tenant is None else ds.field("tenant") == tenant
-    table = ds.dataset(path, format="parquet", partitioning="hive").to_table(filter=only)
+    # the full schema: files written before a column existed read it as null
+    table = ds.dataset(path, schema=SCHEMA, format="parquet", partitioning="hive").to_table(filter=only)
     if since is not None:
         table = table.filter(pc.greater_equal(table["ts"], pa.scalar(since, pa.timestamp("ms", tz="UTC"))))
     if until is not None:
@@ -36,9 +39,11 @@ def totals(table: pa.Table, by: str | None = "tenant") -> list[dict]:
     if table.num_rows == 0:
         return []
     keys = [by] if by else []
+    table = _with_savings(table)
     agg = table.group_by(keys).aggregate([
         ("request_id", "count"), ("prompt_tokens", "sum"), ("completion_tokens", "sum"),
-        ("billed_usd", "sum"), ("energy_cost_usd", "sum"), ("energy_j", "sum"), ("carbon_g", "sum")])
+        ("billed_usd", "sum"), ("energy_cost_usd", "sum"), ("energy_j", "sum"), ("carbon_g", "sum"),
+        ("saved_usd", "sum"), ("saved_g", "sum"), ("counterfactual_energy_cost_usd", "count")])
     rows = []
     for r in agg.to_pylist():
         tokens = r["prompt_tokens_sum"] + r["completion_tokens_sum"]
@@ -53,5 +58,19 @@ def totals(table: pa.Table, by: str | None = "tenant") -> list[dict]:
             "carbon_g": round(r["carbon_g_sum"], 6),
             "j_per_token": round(r["energy_j_sum"] / tokens, 6) if tokens else 0.0,
             "gco2_per_mtok": round(r["carbon_g_sum"] / tokens * 1e6, 3) if tokens else 0.0,
+            # against least_load at the same moments, over the records that carry it
+            "saved_usd": round(r["saved_usd_sum"] or 0.0, 9),
+            "saved_kg_co2": round((r["saved_g_sum"] or 0.0) / 1e3, 9),
+            "counterfactual_requests": r["counterfactual_energy_cost_usd_count"],
         })
     return sorted(rows, key=lambda r: str(r[by])) if by else rows
+
+
+def _with_savings(table: pa.Table) -> pa.Table:
+    """Per record: energy $ and gCO2 saved against least_load (null where not recorded)."""
+    for name in ("counterfactual_energy_cost_usd", "counterfactual_carbon_g"):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+    return (table.append_column("saved_usd", pc.subtract(table["counterfactual_energy_cost_usd"],
+                                                          table["energy_cost_usd"]))
+            .append_column("saved_g", pc.subtract(table["counterfactual_carbon_g"], table["carbon_g"])))

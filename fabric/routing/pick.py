@@ -101,7 +101,8 @@ def rank_by_table(table: RoutingTable, wrr: SmoothWeightedRoundRobin, replicas: 
     weights = table.allowed(present) or {s: 1.0 for s in present}
     site = wrr.pick(weights)
     overflow = [r for s, rs in by_site.items() if s != site and s in weights for r in rs]
-    spill = [r for s, rs in by_site.items() if s not in weights and s in table.overflow for r in rs]
+    spill_sites = table.overflow_sites
+    spill = [r for s, rs in by_site.items() if s not in weights and s in spill_sites for r in rs]
     ranks = [rank for rank in (by_site[site], overflow, spill) if rank]
     if session:
         mine = session_replica(session, [r for s, rs in by_site.items() if s in weights for r in rs], key)

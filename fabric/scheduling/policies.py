@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
+from fabric.scheduling.plugins import resolve
 from fabric.scheduling.signals import SiteSignals, Snapshot
 from fabric.scheduling.table import RoutingTable
 
@@ -23,10 +24,11 @@ class Policy:
     name: ClassVar[str]
     description: ClassVar[str] = ""
 
-    def __init_subclass__(cls, name: str, **kw):
+    def __init_subclass__(cls, name: str | None = None, **kw):
         super().__init_subclass__(**kw)
-        cls.name = name
-        POLICIES[name] = cls
+        cls.name = name or f"{cls.__module__}:{cls.__qualname__}"
+        if name:
+            POLICIES[name] = cls
 
     def __init__(self, **params):
         self.params = params
@@ -47,19 +49,39 @@ class Policy:
             edge_sites=sorted(s.name for s in snapshot.sites if s.edge))
 
 
+def policy_class(name: str) -> type["Policy"]:
+    """A registered policy, or one named ``module:Class`` (a Policy subclass)."""
+    return resolve(name, POLICIES, Policy, "policy")
+
+
 def known_policy(name: str) -> str:
-    """``name`` if a policy is registered under it; else a ValueError listing the known ones."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(sorted(POLICIES))}")
+    """``name`` if it names a policy; else a ValueError listing the known ones."""
+    policy_class(name)
     return name
 
 
 def make_policy(name: str, **params) -> Policy:
-    return POLICIES[known_policy(name)](**params)
+    return policy_class(name)(**params)
 
 
 def _serving(snapshot: Snapshot) -> list[SiteSignals]:
     return [s for s in snapshot.sites if s.replicas > 0]
+
+
+def power_gate(sites: list[SiteSignals], shed: set[str], ramp: dict[str, float],
+               readmit_headroom: float) -> list[SiteSignals]:
+    """Power as a hard limit: a site with negative headroom is shed (``shed`` and ``ramp``
+    updated in place) and readmitted only once its headroom exceeds ``readmit_headroom`` of its
+    budget — not while its grid event lasts: capped GPUs bring the draw under the budget, and
+    readmitting on that would flap the site in and out. Returns the sites not shed."""
+    for s in sites:
+        share = s.headroom_w / s.budget_w if s.budget_w else -1.0
+        if s.headroom_w < 0:
+            shed.add(s.name)
+            ramp[s.name] = 0.0
+        elif s.name in shed and share >= readmit_headroom and not s.curtailed:
+            shed.discard(s.name)
+    return [s for s in sites if s.name not in shed]
 
 
 def _best(sites: list[SiteSignals], key) -> dict[str, float]:
@@ -118,8 +140,8 @@ class FabricParams(BaseModel):
     far_penalty: float = Field(0.4, ge=0, lt=1, description="score lost by a 'far' site")
 
 
-class Fabric(Policy, name="fabric"):
-    """Power-aware: a site with negative power headroom (curtailment, overload) gets no new
+class ScoreBlend(Policy, name="score_blend"):
+    """The fabric's policy before economic dispatch (kept as a baseline). Power-aware: a site with negative power headroom (curtailment, overload) gets no new
     traffic at once; the others are scored in [0, 1] on price, carbon, free capacity and
     headroom, combined with configurable weights. SLO guard: a site above ``slo_max_load``
     keeps only a floor weight. Hysteresis: a site shed for power comes back only once its
@@ -140,17 +162,7 @@ class Fabric(Policy, name="fabric"):
         return {s.name: 1.0 if hi == lo else (hi - key(s)) / (hi - lo) for s in sites}
 
     def weights(self, snapshot):
-        serving = _serving(snapshot)
-        for s in serving:
-            share = s.headroom_w / s.budget_w if s.budget_w else -1.0
-            if s.headroom_w < 0:
-                self.shed.add(s.name)
-                self.ramp[s.name] = 0.0
-            elif s.name in self.shed and share >= self.p.readmit_headroom and not s.curtailed:
-                # not while the grid event lasts: capped GPUs bring the draw under the
-                # budget, and readmitting on that would flap the site in and out
-                self.shed.discard(s.name)
-        live = [s for s in serving if s.name not in self.shed]
+        live = power_gate(_serving(snapshot), self.shed, self.ramp, self.p.readmit_headroom)
         if not live:
             return {}
         price, carbon = self._norm(live, lambda s: s.price_usd_per_mwh), self._norm(live, lambda s: s.carbon_g_per_kwh)
@@ -172,3 +184,6 @@ class Fabric(Policy, name="fabric"):
         if not any(out.values()):  # everything ramping from zero: let the first step in
             out = {k: 0.05 for k in out}
         return out
+
+
+from fabric.scheduling import dispatch as _dispatch  # noqa: E402,F401  registers "fabric"

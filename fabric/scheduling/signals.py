@@ -41,6 +41,19 @@ class SiteSignals(BaseModel):
     max_inflight_per_replica: int = Field(64, ge=1)  # the engine's batch size (max_num_seqs)
     latency_class: str = Field("regional", description="the region's: near | regional | far")
     engines: list[ReplicaSignals] = Field(default_factory=list)
+    # What a token costs to make here (static per site: its GPUs and PUE; 0 = unknown)
+    pue: float = Field(1.0, ge=1.0)
+    idle_w: float = Field(0.0, ge=0, description="IT power of all its GPUs idle")
+    dynamic_w: float = Field(0.0, ge=0, description="serving GPUs at full load minus idle (IT)")
+    j_per_token: float = Field(0.0, ge=0, description="IT joules per output token at full batch")
+    service_s: float = Field(1.0, gt=0, description="a mean request's time in a batch slot")
+    throughput_rps: float = Field(0.0, ge=0, description="requests/s its GPUs can do at full "
+                                  "speed (compute bound; 0: the slots are the bound)")
+    prefill_s: float = Field(0.0, ge=0, description="a mean request's TTFT with no wait")
+    requests_per_s: float = Field(0.0, ge=0, description="requests routed here per second, lately")
+    parked: bool = Field(False, description="its capacity is released (engines stopped)")
+    extra: dict[str, float] = Field(default_factory=dict, description="any other signal by "
+                                    "name (e.g. renewable_share, wue_l_per_kwh), for scorers")
 
     @property
     def headroom_w(self) -> float:
@@ -51,6 +64,17 @@ class SiteSignals(BaseModel):
         """The fullest healthy engine's KV cache (0 when none reports it)."""
         return max((e.kv_cache_usage for e in self.engines
                     if e.healthy and e.kv_cache_usage is not None), default=0.0)
+
+    @property
+    def slots(self) -> int:
+        return self.replicas * self.max_inflight_per_replica
+
+    @property
+    def speed(self) -> float:
+        """Share of full serving speed its power budget allows (1 when its GPUs are unknown)."""
+        from fabric.scheduling.capacity import power_speed
+
+        return power_speed(self.budget_w, self.pue, self.idle_w, self.dynamic_w)
 
     @property
     def load(self) -> float:
@@ -66,3 +90,24 @@ class Snapshot(BaseModel):
 
     def site(self, name: str) -> SiteSignals:
         return next(s for s in self.sites if s.name == name)
+
+
+def site_signals(state: dict, edge: bool, max_inflight: int, latency_class: str = "regional",
+                 static: dict | None = None) -> SiteSignals:
+    """One site's signals from its AIFactory state (layer 2's view of layers 1–4), plus the
+    site's static figures (``static``: pue, idle_w, dynamic_w, j_per_token, from its GPUs)."""
+    from fabric.scheduling.scorers import renewable_share
+
+    nodes = state.get("node_readings", [])
+    engines = [ReplicaSignals(**e) for n in nodes for e in n.get("engines", [])]
+    extra = {"renewable_share": renewable_share(state.get("source_mix") or {})}
+    return SiteSignals(
+        name=state["site"], region=state["region"], edge=edge, budget_w=state["budget_w"],
+        facility_w=state["facility_power_w"], price_usd_per_mwh=state["price_usd_per_mwh"],
+        carbon_g_per_kwh=max(0.0, state["carbon_g_per_kwh"]), curtailed=state["curtailed"],
+        replicas=state["replicas"], inflight=sum(n["inflight"] for n in nodes),
+        utilisation=max([n["engine_utilisation"] for n in nodes], default=0.0),
+        tokens_per_s=sum(n.get("tokens_per_s", 0.0) for n in nodes),
+        requests_per_s=sum(n.get("requests_per_s", 0.0) for n in nodes),
+        max_inflight_per_replica=max_inflight, latency_class=latency_class, engines=engines,
+        extra=extra, **(static or {}))

@@ -6,6 +6,8 @@ never waits for a new one (fail-static: if the scheduler is gone, the last table
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from pydantic import BaseModel, Field
 
 
@@ -19,6 +21,18 @@ class RoutingTable(BaseModel):
     edge_sites: list[str] = Field(default_factory=list)
     overflow: list[str] = Field(default_factory=list, description="sites at weight 0 that may "
                                 "still take what the weighted sites cannot (their replicas full)")
+    parked: list[str] = Field(default_factory=list, description="sites whose capacity the "
+                              "policy does not need: their engines may stop, their nodes go")
+    cost_usd_per_mtok: dict[str, float] = Field(default_factory=dict, description="each site's "
+                                                "marginal cost of a million tokens, as ranked")
+    counterfactual: dict[str, dict] = Field(default_factory=dict, description="site -> what a "
+                                            "joule spent there would have cost and emitted "
+                                            "under least_load (fabric.scheduling.counterfactual)")
+
+    @cached_property
+    def overflow_sites(self) -> frozenset[str]:
+        """``overflow`` as a set, built once per table (the hot path asks per replica)."""
+        return frozenset(self.overflow)
 
     def allowed(self, sites: set[str]) -> dict[str, float]:
         """The weights restricted to the given sites, dropping zero weights."""

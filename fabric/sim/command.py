@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fabric.scheduling.policies import POLICIES
+from fabric.scheduling.policies import known_policy
 from fabric.sim.engine import SimConfig, Simulator
 from fabric.sim.fleet import Fleet
 from fabric.sim.plots import traffic_plots
@@ -66,8 +66,8 @@ def simulate(spec_path: str | Path | None = None, trace: str | Path | None = Non
     Prints the report (tables, or JSON with ``json_out``) to ``console`` and writes traffic
     plots to ``plot_dir`` when given.
     """
-    if policy is not None and policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(sorted(POLICIES))}")
+    if policy is not None:
+        known_policy(policy)  # a registered name or module:Class, else a ValueError
     if requests is not None and requests < 1:
         raise ValueError("requests must be at least 1")
     spec = load_spec(spec_path or default_spec_path())

@@ -21,7 +21,10 @@ Time advances in scheduler ticks of ``tick_s``. Each tick, as the live scheduler
    (budget / PUE, capped by ``capacity_mw``, minus idle power): the live scheduler caps GPU
    power to fit the budget, and a capped GPU runs proportionally slower. A request waits for
    the work ahead of it (queued work plus earlier arrivals this tick, less what drained since
-   the tick began; idle gaps inside a tick count as drain). Arrivals are admitted in order
+   the tick began; idle gaps inside a tick count as drain) beyond what the site's batch slots
+   hold at once (replicas × batch × the mean request's work): with continuous batching a
+   request starts as soon as a slot frees, it does not wait for the whole decode of the
+   requests ahead. Arrivals are admitted in order
    while that wait is at most ``max_wait_s`` (the queue limit); the rest overflow, as the
    router's second rank does, to the other weighted sites in proportion to their free queue
    (``overflow_rounds`` times), and what still finds no room is dropped. Every request ends
@@ -52,6 +55,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator
 
 from fabric.scheduling.policies import known_policy, make_policy
+from fabric.scheduling.scorers import renewable_share
 from fabric.scheduling.signals import SiteSignals, Snapshot
 from fabric.sim.fleet import Fleet, build_fleet
 from fabric.sim.gpus import GpuType, ServingProfile
@@ -71,7 +75,7 @@ J_PER_MWH = 3.6e9
 
 class SimConfig(BaseModel):
     policy: str = "fabric"
-    policy_params: dict[str, float] = Field(default_factory=dict)
+    policy_params: dict[str, float | bool] = Field(default_factory=dict)
     tick_s: float = Field(0.5, gt=0, description="scheduler tick (the live default is the spec's)")
     start_s: float = Field(0.0, ge=0, description="replay offset of t = 0 in the power profiles")
     grid_step_s: float = Field(60.0, gt=0, description="how often price and carbon are re-read")
@@ -87,6 +91,10 @@ class SimConfig(BaseModel):
     timeline_bins: int = Field(512, ge=8)
     max_drain_s: float = Field(600.0, ge=0, description="after the last arrival, tick at most this "
                                                           "long for queues to empty")
+    cold_start_s: float = Field(180.0, ge=0, description="a parked (released) site's time back "
+                                "to serving: a node's boot plus an engine's start")
+    scorers: dict[str, float] | None = Field(None, description="default: the spec's")
+    scorer_params: dict[str, dict] | None = None
 
     @field_validator("policy")
     @classmethod
@@ -97,10 +105,23 @@ class SimConfig(BaseModel):
     def from_spec(cls, spec: FabricSpec, **overrides) -> SimConfig:
         """The spec's scheduler (policy, its parameters, tick) and replay start, then overrides."""
         base = {"policy": spec.scheduler.policy, "tick_s": spec.scheduler.tick_s,
-                "start_s": spec.power_clock.start_s}
+                "start_s": spec.power_clock.start_s, "slo_ttft_s": spec.scheduler.slo_ttft_s,
+                "scorers": dict(spec.scheduler.scorers),
+                "scorer_params": spec.scheduler.policy_kwargs()["scorer_params"]}
         if overrides.get("policy", base["policy"]) == spec.scheduler.policy:
             base["policy_params"] = dict(spec.scheduler.params)
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def policy_kwargs(self) -> dict:
+        """The policy's arguments: its parameters, with the tick, the SLO, the cold start and
+        the scorers the simulation runs under (the live scheduler passes the same)."""
+        kw = {"tick_s": self.tick_s, "slo_ttft_s": self.slo_ttft_s,
+              "cold_start_s": self.cold_start_s, **self.policy_params}
+        if self.scorers is not None:
+            kw["scorers"] = self.scorers
+        if self.scorer_params is not None:
+            kw["scorer_params"] = self.scorer_params
+        return kw
 
 
 class Trace(Protocol):
@@ -217,7 +238,7 @@ class Simulator:
         self.config = config or SimConfig.from_spec(spec)
         self.fleet: Fleet = build_fleet(spec, self.config.model_params_b, self.config.gpu_types,
                                         self.config.profiles)
-        self.policy = make_policy(self.config.policy, **self.config.policy_params)
+        self.policy = make_policy(self.config.policy, **self.config.policy_kwargs())
         self.timeline = Timeline(len(self.fleet), self.config.tick_s, self.config.timeline_bins)
 
     def curtailments(self) -> list[tuple[str, float, float, float]]:
@@ -240,6 +261,7 @@ class Simulator:
                 break
             state.refresh_grid(t0)
             weights = self._weights(state, k)
+            state.park(t0)
             batch = stream.take(t0 + tick)
             served = state.step(t0, batch, weights, trace)
             self.timeline.add(k, served)
@@ -249,20 +271,29 @@ class Simulator:
 
     def _weights(self, state: _State, k: int) -> np.ndarray:
         f = self.fleet
+        service, prefill, throughput = state.service_times()
         sites = [SiteSignals.model_construct(
             name=n, region=r, edge=e, budget_w=b, facility_w=fw, price_usd_per_mwh=p,
             carbon_g_per_kwh=c, curtailed=cu, replicas=rp, inflight=i, utilisation=u,
-            tokens_per_s=ts, max_inflight_per_replica=f.batch, latency_class=lc)
-            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts in zip(
+            tokens_per_s=ts, max_inflight_per_replica=f.batch, latency_class=lc, engines=[],
+            pue=pue, idle_w=iw, dynamic_w=dw, j_per_token=jt, service_s=sv, prefill_s=pf,
+            parked=pk, requests_per_s=rps, throughput_rps=th, extra={"renewable_share": rs})
+            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts, pue, iw, dw, jt, sv, pf, pk, rs, rps, th in zip(
                 f.names, f.regions, f.edge, f.latency, state.budget.tolist(), state.facility_w.tolist(),
                 state.price.tolist(), state.carbon.tolist(), state.curtailed.tolist(),
                 f.replicas.tolist(), state.inflight.tolist(), np.minimum(state.util, 1).tolist(),
-                state.tokens_per_s.tolist())]
+                state.tokens_per_s.tolist(), f.pue.tolist(), f.idle_w.tolist(), f.dynamic_w.tolist(),
+                f.j_per_token.tolist(), service.tolist(), prefill.tolist(),
+                (~state.serving).tolist(), state.renewable.tolist(),
+                (state.routed_now / self.config.tick_s).tolist(), throughput.tolist())]
         table = self.policy.table(Snapshot.model_construct(sites=sites, tick=k), k + 1)
         w = np.fromiter((table.weights.get(n, 0.0) for n in f.names), float, len(f.names))
         spill = set(table.overflow)
-        state.overflow = np.fromiter((n in spill for n in f.names), bool, len(f.names)) & (f.replicas > 0)
-        return np.where(f.replicas > 0, w, 0.0)
+        up = (f.replicas > 0) & state.serving
+        state.overflow = np.fromiter((n in spill for n in f.names), bool, len(f.names)) & up
+        parked = set(table.parked)
+        state.want_parked = np.fromiter((n in parked for n in f.names), bool, len(f.names))
+        return np.where(up, w, 0.0)
 
 
 class _State:
@@ -288,9 +319,20 @@ class _State:
                             for c in g.profile.curtailments               # starts and ends
                             for at in (c.start_s, c.start_s + c.duration_s))
         self.edge_pos = 0
+        # parking: a released site draws nothing and serves nothing; unparked, it boots for
+        # cold_start_s (idle power, not serving) before it serves again
+        self.serving = np.ones(n, bool)
+        self.released = zeros(bool)
+        self.boot_until = np.full(n, -1.0)
+        self.want_parked = zeros(bool)
+        self.renewable = zeros()
+        self.routed_now = zeros()               # requests routed to each site last tick
+        self.mean_prompt, self.mean_output = 512.0, 128.0   # of admitted requests, as they come
+        self.mean_n = 0
         # counters
         names = ("routed", "served", "kept", "overflow_in", "overflow_out", "dropped", "slo_met",
-                 "output_tokens", "busy_s", "curtailed_s", "energy_j", "cost_usd", "carbon_g")
+                 "output_tokens", "busy_s", "curtailed_s", "parked_s", "energy_j", "cost_usd",
+                 "carbon_g")
         self.site = {k: zeros() for k in names}
         self.arrivals = self.unroutable = 0
         self.ttft_hist = np.zeros(len(HIST_EDGES) - 1, np.int64)
@@ -312,6 +354,28 @@ class _State:
             g = self.f.grids[i].state(offset)
             self.budget[i], self.price[i] = g.budget_w, g.price_usd_per_mwh
             self.carbon[i], self.curtailed[i] = max(0.0, g.carbon_g_per_kwh), g.curtailed
+            self.renewable[i] = renewable_share(g.source_mix)
+
+    def service_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For the policy's capacity model, at full speed: a mean request's time in a batch
+        slot (prefill, then a decode step per output token), its TTFT with no wait, and the
+        requests/s the site's GPUs can do (1 / its work in site-seconds)."""
+        f = self.f
+        work = (np.divide(self.mean_prompt, f.prefill_tok_s, out=np.ones(self.n), where=f.prefill_tok_s > 0)
+                + np.divide(self.mean_output, f.decode_tok_s, out=np.ones(self.n), where=f.decode_tok_s > 0))
+        prefill = self.mean_prompt / f.replica_prefill_tok_s
+        return prefill + self.mean_output * f.step_s, prefill, 1.0 / np.maximum(work, 1e-9)
+
+    def park(self, t0: float) -> None:
+        """Release sites the policy parks once their queue is empty; boot those it unparks."""
+        release = self.want_parked & self.serving & (self.queue <= 1e-12)
+        self.released |= release
+        self.serving &= ~release
+        wake = ~self.want_parked & self.released
+        self.released &= ~wake
+        self.boot_until[wake] = t0 + self.cfg.cold_start_s
+        booted = ~self.serving & ~self.released & (self.boot_until <= t0)
+        self.serving |= booted
 
     def speed(self) -> np.ndarray:
         """Share of full serving speed the power budget allows (the GPU power cap)."""
@@ -331,7 +395,7 @@ class _State:
             prefill = np.maximum(batch.prompt - batch.cached, 0) if cfg.prefix_cache else batch.prompt
             final = np.full(m, -1, np.int64)
             wait = np.zeros(m)
-            present = f.replicas > 0
+            present = (f.replicas > 0) & self.serving
             table = weights if weights.sum() > 0 else present.astype(float)
             origin = np.full(m, -1, np.int64)
             if table.sum() > 0:
@@ -357,7 +421,8 @@ class _State:
             count = lambda idx, w=None: np.bincount(idx, w, minlength=self.n)
             moved = ok & (final != origin)
             site = self.site
-            site["routed"] += count(origin[routed])
+            self.routed_now = count(origin[routed]).astype(np.float64)
+            site["routed"] += self.routed_now
             served_now = count(s)
             site["served"] += served_now
             site["kept"] += count(origin[ok & ~moved])
@@ -371,10 +436,12 @@ class _State:
             hist_add(self.ttft_hist, ttft)
             hist_add(self.lat_hist, latency)
             self._groups(batch, ok, met, trace)
+        if not m:
+            self.routed_now = np.zeros(self.n)
         done = np.minimum(self.queue, speed * tick)
         self.queue -= done
         self.util = done / tick
-        facility_w = (f.idle_w + f.dynamic_w * self.util) * f.pue
+        facility_w = np.where(self.released, 0.0, (f.idle_w + f.dynamic_w * self.util) * f.pue)
         self.facility_w = facility_w
         energy_j = facility_w * tick
         site = self.site
@@ -383,11 +450,14 @@ class _State:
         site["carbon_g"] += energy_j / 3.6e6 * self.carbon
         site["busy_s"] += done
         site["curtailed_s"] += np.where(self.curtailed, tick, 0.0)
+        site["parked_s"] += np.where(self.released, tick, 0.0)
         self.tokens_per_s = out_tokens_now / tick
-        # In flight, as an engine counts it: full batches on the share of (capped) capacity in
-        # use, plus the requests waiting in the queue.
-        running = f.replicas * f.batch * np.divide(self.util, speed, out=np.zeros(self.n), where=speed > 0)
+        # In flight, as an engine counts it: the requests in batch slots (Little's law: served
+        # per second × time in a slot at this speed), plus those waiting in the queue.
         mean_work = np.divide(self.admitted_work, self.admitted, out=np.ones(self.n), where=self.admitted > 0)
+        service, _, _ = self.service_times()
+        running = np.minimum(f.replicas * f.batch, np.divide(
+            self.util / mean_work * service, speed, out=np.zeros(self.n), where=speed > 0))
         self.inflight = np.rint(running + self.queue / mean_work).astype(np.int64)
         return served_now
 
@@ -408,8 +478,18 @@ class _State:
         misses -= (misses - ~fits)[first][group]
         take = fits & (misses == 0)
         final[i[take]] = s[take]
-        wait[i[take]] = np.maximum(ahead[take], 0.0) / rate[take]
+        # Continuous batching: a request starts (its prefill) as soon as a batch slot is free,
+        # so it waits only for the work beyond what the site's slots hold at once.
+        in_service = (f.replicas * f.batch * np.divide(self.admitted_work, self.admitted,
+                                                       out=np.zeros(self.n), where=self.admitted > 0))[s]
+        wait[i[take]] = np.maximum(ahead[take] - in_service[take], 0.0) / rate[take]
         self.queue += np.bincount(s[take], work[take], minlength=self.n)
+        k = int(take.sum())
+        if k:  # running means of what is served (the policy's service-time model)
+            n = min(self.mean_n + k, 100_000)
+            self.mean_prompt += (float(prefill[i[take]].mean()) - self.mean_prompt) * k / n
+            self.mean_output += (float(batch.output[i[take]].mean()) - self.mean_output) * k / n
+            self.mean_n = n
         self.admitted += np.bincount(s[take], minlength=self.n)
         self.admitted_work += np.bincount(s[take], work[take], minlength=self.n)
 
@@ -435,7 +515,7 @@ class _State:
             **{k: int(site[k][i]) for k in ("routed", "served", "kept", "overflow_in", "overflow_out",
                                             "dropped", "slo_met", "output_tokens")},
             utilisation=round(float(site["busy_s"][i]) / duration_s, 6) if duration_s else 0.0,
-            curtailed_s=float(site["curtailed_s"][i]),
+            curtailed_s=float(site["curtailed_s"][i]), parked_s=float(site["parked_s"][i]),
             energy_mwh=float(site["energy_j"][i]) / J_PER_MWH,
             energy_cost_usd=float(site["cost_usd"][i]), carbon_kg=float(site["carbon_g"][i]) / 1e3)
             for i in range(self.n)]

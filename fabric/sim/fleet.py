@@ -41,8 +41,58 @@ class Fleet:
     pue: np.ndarray
     it_limit_w: np.ndarray        # the site's IT capacity (capacity_mw)
 
+    @property
+    def j_per_token(self) -> np.ndarray:
+        """Marginal IT energy of an output token at full batches (dynamic W / decode tok/s)."""
+        return np.divide(self.dynamic_w, self.decode_tok_s, out=np.zeros(len(self.names)),
+                         where=self.decode_tok_s > 0)
+
     def __len__(self) -> int:
         return len(self.names)
+
+
+@dataclass(frozen=True)
+class SiteServing:
+    """What one site's GPUs do for one model, from its node pools and the roofline profile."""
+
+    replicas: int = 0
+    prefill_tok_s: float = 0.0          # the whole site
+    decode_tok_s: float = 0.0           # the whole site, full batches
+    replica_prefill_tok_s: float = 1.0  # one replica of the primary pool
+    step_s: float = 1.0                 # one decode step of that replica
+    idle_w: float = 0.0                 # every GPU idle (IT)
+    dynamic_w: float = 0.0              # serving GPUs at full load minus idle (IT)
+    gpu_type: str = ""
+
+    @property
+    def j_per_token(self) -> float:
+        """Marginal IT energy of one output token at full batches."""
+        return self.dynamic_w / self.decode_tok_s if self.decode_tok_s else 0.0
+
+
+def site_serving(site, hosts: bool, params_b: float, batch: int,
+                 gpu_types: dict[str, GpuType] | None = None,
+                 profiles: dict[str, ServingProfile] | None = None) -> SiteServing:
+    replicas = prefill = decode = idle = dynamic = 0.0
+    primary: tuple[str, ServingProfile] | None = None
+    for pool in site.node_pools:
+        gpus = pool.gpus_per_node * pool.nodes
+        idle += gpus * pool.idle_w
+        if not hosts:
+            continue
+        profile = (profiles or {}).get(pool.gpu_type) or serving_profile(
+            gpu_type(pool.gpu_type, gpu_types), params_b, batch, max_tp=pool.gpus_per_node)
+        n = pool.nodes * (pool.gpus_per_node // profile.tp)
+        replicas += n
+        prefill += n * profile.prefill_tok_s
+        decode += n * profile.decode_tok_s
+        dynamic += n * profile.tp * (pool.tdp_w - pool.idle_w)
+        primary = primary or (pool.gpu_type, profile)
+    return SiteServing(
+        replicas=int(replicas), prefill_tok_s=prefill, decode_tok_s=decode,
+        replica_prefill_tok_s=primary[1].prefill_tok_s if primary else 1.0,
+        step_s=primary[1].step_s if primary else 1.0, idle_w=idle, dynamic_w=dynamic,
+        gpu_type=primary[0] if primary else site.node_pools[0].gpu_type)
 
 
 def build_fleet(spec: FabricSpec, params_b: float | None = None,
@@ -52,43 +102,32 @@ def build_fleet(spec: FabricSpec, params_b: float | None = None,
     params_b = params_b or model_params_b(spec.model)
     batch = int(spec.model.engine_kwargs.get("max_num_seqs", 64))
     hosting = {s.name for _, s in spec.hosting_sites(spec.model)}
-    cols: dict[str, list] = {k: [] for k in ("replicas", "prefill", "decode", "rprefill", "step",
-                                             "idle", "dynamic", "gpu")}
-    for _, site in spec.sites:
-        replicas = prefill = decode = idle = dynamic = 0.0
-        primary: tuple[str, ServingProfile] | None = None
-        for pool in site.node_pools:
-            gpus = pool.gpus_per_node * pool.nodes
-            idle += gpus * pool.idle_w
-            if site.name not in hosting:
-                continue
-            profile = (profiles or {}).get(pool.gpu_type) or serving_profile(
-                gpu_type(pool.gpu_type, gpu_types), params_b, batch, max_tp=pool.gpus_per_node)
-            n = pool.nodes * (pool.gpus_per_node // profile.tp)
-            replicas += n
-            prefill += n * profile.prefill_tok_s
-            decode += n * profile.decode_tok_s
-            dynamic += n * profile.tp * (pool.tdp_w - pool.idle_w)
-            primary = primary or (pool.gpu_type, profile)
-        cols["replicas"].append(replicas)
-        cols["prefill"].append(prefill)
-        cols["decode"].append(decode)
-        cols["rprefill"].append(primary[1].prefill_tok_s if primary else 1.0)
-        cols["step"].append(primary[1].step_s if primary else 1.0)
-        cols["idle"].append(idle)
-        cols["dynamic"].append(dynamic)
-        cols["gpu"].append(primary[0] if primary else site.node_pools[0].gpu_type)
+    rows = [site_serving(site, site.name in hosting, params_b, batch, gpu_types, profiles)
+            for _, site in spec.sites]
     edge = {s.name: r.edge for r in spec.regions for s in r.sites}
     latency = {s.name: r.latency_class for r in spec.regions for s in r.sites}
-    arr = lambda k: np.asarray(cols[k], dtype=np.float64)
+    arr = lambda k: np.asarray([getattr(r, k) for r in rows], dtype=np.float64)
     return Fleet(
         names=[s.name for _, s in spec.sites], regions=[r for r, _ in spec.sites],
-        edge=[edge[s.name] for _, s in spec.sites], gpu_types=cols["gpu"],
+        edge=[edge[s.name] for _, s in spec.sites], gpu_types=[r.gpu_type for r in rows],
         latency=[latency[s.name] for _, s in spec.sites],
         grids=[GridModel(s.power) for _, s in spec.sites],
         replicas=arr("replicas").astype(np.int64), batch=batch,
-        prefill_tok_s=arr("prefill"), decode_tok_s=arr("decode"),
-        replica_prefill_tok_s=arr("rprefill"), step_s=arr("step"),
-        idle_w=arr("idle"), dynamic_w=arr("dynamic"),
+        prefill_tok_s=arr("prefill_tok_s"), decode_tok_s=arr("decode_tok_s"),
+        replica_prefill_tok_s=arr("replica_prefill_tok_s"), step_s=arr("step_s"),
+        idle_w=arr("idle_w"), dynamic_w=arr("dynamic_w"),
         pue=np.asarray([s.pue for _, s in spec.sites]),
         it_limit_w=np.asarray([s.capacity_mw * 1e6 for _, s in spec.sites]))
+
+
+def site_figures(spec: FabricSpec, site) -> dict:
+    """A site's static figures for the policy (PUE, idle and dynamic IT power, J per output
+    token), for the first model it hosts, from the same GPU model the simulator uses. The live
+    scheduler counts capacity in batch slots (it sees requests in flight, not their work), so
+    service and prefill times stay at their defaults there."""
+    model = next((m for m in spec.models if site.name in {s.name for _, s in spec.hosting_sites(m)}),
+                 spec.model)
+    batch = int(model.engine_kwargs.get("max_num_seqs", 64))
+    serving = site_serving(site, True, model_params_b(model), batch)
+    return {"pue": site.pue, "idle_w": serving.idle_w, "dynamic_w": serving.dynamic_w,
+            "j_per_token": serving.j_per_token}

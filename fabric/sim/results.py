@@ -46,6 +46,7 @@ class SiteResult(BaseModel):
     output_tokens: int
     utilisation: float = Field(description="mean busy share of the site's serving capacity")
     curtailed_s: float
+    parked_s: float = 0.0
     energy_mwh: float
     energy_cost_usd: float
     carbon_kg: float

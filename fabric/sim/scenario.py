@@ -29,6 +29,15 @@ GRID_REGIONS = {
     "nyis": ("price/US-NY-NYIS_2023-07-11_week.csv", "carbon/NYIS_2022-07-11_week.csv"),
     "bpat": (38.0, "carbon/BPAT_2022-07-11_week.csv"),
 }
+WEEKS = ("july", "january")  # the shipped weeks: 11–17 July (default), 10–16 January
+
+
+def _week(path, week: str):
+    if week not in WEEKS:
+        raise ValueError(f"unknown week {week!r}; shipped: {', '.join(WEEKS)}")
+    if not isinstance(path, str) or week == "july":
+        return path
+    return path.replace("2023-07-11", "2023-01-10").replace("2022-07-11", "2022-01-10")
 POOL_TYPES = ("H100", "H200", "A100", "L40S")
 
 
@@ -60,7 +69,7 @@ def scale_spec(spec: FabricSpec, sites: int) -> FabricSpec:
 
 
 def grid_spec(sites: int, seed: int = 0, nodes: int = 1, model: str = "llama-3.1-70b",
-              tick_s: float = 1.0, policy: str = "fabric") -> FabricSpec:
+              tick_s: float = 1.0, policy: str = "fabric", week: str = "july") -> FabricSpec:
     """A fabric of ``sites`` sites spread over five US grids (real price and carbon series),
     each ``nodes`` × 8 GPUs of a seeded type, a grid budget 10 % above full draw, and one
     seeded curtailment in the first day (1–3 h at 20–60 % of budget) that binds."""
@@ -73,7 +82,7 @@ def grid_spec(sites: int, seed: int = 0, nodes: int = 1, model: str = "llama-3.1
     names = list(GRID_REGIONS)
     for i in range(sites):
         region = names[i % len(names)]
-        price, carbon = GRID_REGIONS[region]
+        price, carbon = (_week(x, week) for x in GRID_REGIONS[region])
         gpu = rng.choice(POOL_TYPES)
         spec_gpu = CATALOGUE[gpu]
         serving_profile(gpu_type(gpu), params_b, 64)  # fails here if the model does not fit
@@ -91,6 +100,6 @@ def grid_spec(sites: int, seed: int = 0, nodes: int = 1, model: str = "llama-3.1
             node_pools=[NodePool(name=gpu.lower(), gpu_type=gpu, gpus_per_node=8, nodes=nodes,
                                  tdp_w=spec_gpu.max_w, idle_w=spec_gpu.idle_w)]))
     return FabricSpec(
-        name=f"grid-{sites}", models=[spec_model],
+        name=f"grid-{sites}" + ("" if week == "july" else f"-{week}"), models=[spec_model],
         regions=[RegionSpec(name=r, sites=s) for r, s in regions.items() if s],
         scheduler=SchedulerSpec(policy=policy, tick_s=tick_s))

@@ -11,6 +11,13 @@ CSV schema (header row, one request per row, sorted by time):
 - optional ``tenant`` and ``class`` (or ``tier``) — free text, e.g. ``acme``, ``interactive``
 - optional ``cached_tokens`` — prompt tokens a prefix cache already holds
 
+Public CSV traces are read as they are published, recognised by their header:
+
+- Azure LLM inference traces (Azure/AzurePublicDataset, 2023 and 2024): ``TIMESTAMP`` (a
+  datetime; times become seconds from the first row), ``ContextTokens``, ``GeneratedTokens``
+- BurstGPT (HPMLL/BurstGPT): ``Timestamp`` (seconds), ``Request tokens``, ``Response tokens``,
+  ``Model`` (the class); rows that failed (``Response tokens`` 0) are requests too
+
 Mooncake JSONL (kvcache-ai/Mooncake traces): ``timestamp`` (ms), ``input_length``,
 ``output_length``, ``hash_ids`` (ids of 512-token prompt blocks; equal ids are a shared
 prefix). ``cached_tokens`` is the leading run of blocks seen earlier in the trace × 512, the
@@ -35,6 +42,28 @@ from pydantic import BaseModel, Field
 CHUNK = 65_536
 MOONCAKE_BLOCK_TOKENS = 512
 CSV_REQUIRED = ("timestamp_s", "prompt_tokens", "output_tokens")
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """Where a CSV trace keeps each field (``datetime``: the time column is a datetime)."""
+
+    name: str
+    time: str
+    prompt: str
+    output: str
+    klass: str | None = None
+    tenant: str | None = None
+    cached: str | None = None
+    datetime: bool = False
+
+
+CSV_FORMATS = (
+    CsvFormat("fabric", "timestamp_s", "prompt_tokens", "output_tokens", klass="class",
+              tenant="tenant", cached="cached_tokens"),
+    CsvFormat("azure", "TIMESTAMP", "ContextTokens", "GeneratedTokens", datetime=True),
+    CsvFormat("burstgpt", "Timestamp", "Request tokens", "Response tokens", klass="Model"),
+)
 
 
 @dataclass
@@ -130,20 +159,44 @@ class CsvTrace:
         except pa.ArrowException as exc:
             raise ValueError(f"{self.path}: cannot read CSV trace: {exc}") from None
         names = reader.schema.names
-        missing = [c for c in CSV_REQUIRED if c not in names]
-        if missing:
+        fmt = next((f for f in CSV_FORMATS if {f.time, f.prompt, f.output} <= set(names)), None)
+        if fmt is None:
+            missing = [c for c in CSV_REQUIRED if c not in names]
             raise ValueError(f"{self.path}: trace is missing column(s) {', '.join(missing)}; "
                              f"columns are {', '.join(names)} (need {', '.join(CSV_REQUIRED)}; "
-                             "optional tenant, class or tier, cached_tokens)")
-        class_col = "class" if "class" in names else ("tier" if "tier" in names else None)
+                             "optional tenant, class or tier, cached_tokens; or an Azure LLM "
+                             "inference trace: TIMESTAMP, ContextTokens, GeneratedTokens; or "
+                             "BurstGPT: Timestamp, Request tokens, Response tokens)")
+        self.describe = f"csv:{self.path.name}" + ("" if fmt.name == "fabric" else f" ({fmt.name})")
+        class_col = fmt.klass if fmt.klass in names else ("tier" if "tier" in names else None)
+        t0 = None
         for block in reader:
+            if fmt.datetime:
+                t = self._datetime(block, fmt.time)
+                t0 = t[0] if t0 is None and len(t) else t0
+                t = t - (t0 if t0 is not None else 0.0)
+            else:
+                t = self._numeric(block, fmt.time, np.float64)
             yield check(RequestBatch(
-                self._numeric(block, "timestamp_s", np.float64), self._numeric(block, "prompt_tokens", np.int64),
-                self._numeric(block, "output_tokens", np.int64), self._numeric(block, "cached_tokens", np.int64),
-                _labels(block, "tenant", tenants), _labels(block, class_col, classes)))
+                t, self._numeric(block, fmt.prompt, np.int64), self._numeric(block, fmt.output, np.int64),
+                self._numeric(block, fmt.cached, np.int64),
+                _labels(block, fmt.tenant, tenants), _labels(block, class_col, classes)))
 
-    def _numeric(self, block: pa.RecordBatch, name: str, dtype) -> np.ndarray:
-        if name not in block.schema.names:  # an optional column: zeros
+    def _datetime(self, block: pa.RecordBatch, name: str) -> np.ndarray:
+        """Seconds since the epoch of a datetime column (ISO 8601, fractions of seconds too)."""
+        column = block.column(name)
+        if column.null_count:
+            raise ValueError(f"{self.path}: column {name!r} has empty values")
+        try:
+            if not pa.types.is_timestamp(column.type):
+                column = pc.cast(column.cast(pa.string()), pa.timestamp("ns"))
+            ns = pc.cast(column, pa.timestamp("ns")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowException, ValueError) as exc:
+            raise ValueError(f"{self.path}: column {name!r} must hold datetimes: {exc}") from None
+        return ns.astype(np.float64) / 1e9
+
+    def _numeric(self, block: pa.RecordBatch, name: str | None, dtype) -> np.ndarray:
+        if name is None or name not in block.schema.names:  # an optional column: zeros
             return np.zeros(block.num_rows, dtype)
         column = block.column(name)
         if column.null_count:

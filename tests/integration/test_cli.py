@@ -108,9 +108,9 @@ def assert_nothing_left_behind(address: str | None, port: int) -> None:
 
 
 def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_path):
-    # 12 agents: each session sticks to one of the 2 replicas, so both regions serve unless
-    # all 12 hash to one replica (p = 2 × 2^-12); 20 steps each keep traffic flowing well
-    # past the power event (raised after 40 % of the steps)
+    # 12 agents: the cheapest site (cloud-a) serves them until the power event (raised after
+    # 40 % of the steps) cuts it, then the edge does; 20 steps each keep traffic flowing well
+    # past the event, so both regions appear in the report
     import json
 
     port = free_port()

@@ -53,6 +53,10 @@ def test_every_request_gets_one_exact_record(fabric):
         assert r["energy_j"] > 0 and r["carbon_g"] > 0 and r["billed_usd"] > 0
         assert 0 < r["ttft_s"] <= r["latency_s"] and r["power_source"] in POWER_SOURCES
         assert r["tier"] == "small"
+        # the decision explains itself: the policy, the table, least_load's counterfactual
+        assert r["policy"] == "fabric" and r["table_version"] > 1.6e12
+        assert r["counterfactual_site"] in {"edge-a", "cloud-a"}
+        assert r["counterfactual_energy_cost_usd"] > 0 and r["counterfactual_carbon_g"] > 0
         # billed exactly at the spec's per-million-token prices
         price = fabric.spec.model
         assert r["billed_usd"] == round((r["prompt_tokens"] * price.price_usd_per_mtok_in
@@ -86,3 +90,11 @@ def test_usage_command_reports_totals(fabric):
     human = subprocess.run([sys.executable, "-m", "fabric.cli", "usage", "--path", fabric.ledger_path],
                            capture_output=True, text=True, timeout=120)
     assert human.returncode == 0 and "demo" in human.stdout  # the local spec's demo tenant
+    saved = subprocess.run([sys.executable, "-m", "fabric.cli", "usage", "--path", fabric.ledger_path,
+                            "--by", "site", "--savings", "--json"], capture_output=True, text=True,
+                           timeout=120)
+    assert saved.returncode == 0, saved.stderr
+    by_site = {row["site"]: row for row in json.loads(saved.stdout)}
+    assert sum(row["counterfactual_requests"] for row in by_site.values()) > 0
+    # cloud-a (hydro) against least_load's even spread over it and the edge: cleaner
+    assert by_site["cloud-a"]["saved_kg_co2"] > 0, by_site["cloud-a"]

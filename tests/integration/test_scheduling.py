@@ -49,7 +49,8 @@ def gpu_limits(site: str) -> list[float]:
 def test_curtailment_moves_traffic_away_within_two_ticks_and_back_gradually(fabric, power):
     cut = power.curtailment("cloud-a")
     pool = next(s for _, s in fabric.spec.sites if s.name == "cloud-a").node_pools[0]
-    assert {s for _, s in burst(fabric, 12)} == {"edge-a", "cloud-a"}  # both serve before
+    before = [site for _, site in burst(fabric, 12)]
+    assert before.count("cloud-a") >= 0.7 * len(before), before  # the cheapest takes it
     assert set(gpu_limits("cloud-a")) == {pool.tdp_w}
 
     with cf.ThreadPoolExecutor(1) as bg:  # traffic keeps flowing through the event

@@ -8,8 +8,10 @@ import httpx  # noqa: F401
 from conftest import HTTP
 import openai
 import pytest
+import ray
 
 from fabric.client import AgentWorkload, run_workload
+from fabric.layers import naming
 
 pytestmark = pytest.mark.integration
 MSG = [{"role": "user", "content": "Plan the next step of the migration."}]
@@ -20,7 +22,9 @@ def client(fabric):
     return openai.OpenAI(base_url=fabric.base_url, api_key="fabric-local", max_retries=0)
 
 
-def test_agent_workload_is_served_by_both_regions(fabric):
+def test_at_low_load_the_cheapest_site_takes_the_small_models_traffic(fabric):
+    """Merit order: cloud-a (hydro, the lowest $ + carbon per token) takes the small model's
+    traffic while it is below its SLO-safe utilisation."""
     import asyncio
 
     wl = AgentWorkload(agents=6, steps=3, max_tokens=16, model=fabric.spec.model.id,
@@ -28,8 +32,10 @@ def test_agent_workload_is_served_by_both_regions(fabric):
     report = asyncio.run(run_workload(fabric.base_url, wl))
     s = report.summary
     assert s["requests"] == 18 and s["errors"] == 0, s
-    assert set(s["region_requests"]) == {"edge", "cloud"}
-    assert min(s["region_requests"].values()) >= 6  # round-robin: neither region starved
+    assert s["site_share"].get("cloud-a", 0) >= 0.7, s["site_share"]
+    table = ray.get(ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE).routing_table.remote())
+    costs = table["cost_usd_per_mtok"]
+    assert costs["cloud-a"] < costs["edge-a"] and table["overflow"][:1] == ["edge-a"]
     # each agent's prompt grows: every step carries the previous answers
     for agent in range(6):
         steps = [r for r in report.results if r.agent == agent]
@@ -37,6 +43,28 @@ def test_agent_workload_is_served_by_both_regions(fabric):
         assert prompts == sorted(prompts) and prompts[0] < prompts[-1]
     # (a step whose tokens decode to no text has no first-token time: random weights can do that)
     assert all(r.ttft_s <= r.latency_s for r in report.results if not math.isnan(r.ttft_s))
+
+
+def test_a_load_the_cheapest_site_cannot_take_alone_spills_to_the_next(fabric):
+    """More requests in flight than cloud-a's SLO-safe share of its batch slots: the excess
+    goes to edge-a, the next site in merit order, and no request fails."""
+    import concurrent.futures as cf
+
+    body = {"model": fabric.spec.model.id, "messages": MSG, "max_tokens": 96, "ignore_eos": True}
+
+    def client(_):
+        out = []
+        for _ in range(4):
+            r = HTTP.post(f"{fabric.base_url}/chat/completions", json=body, timeout=300)
+            out.append((r.status_code, r.headers.get("x-fabric-site")))
+        return out
+
+    with cf.ThreadPoolExecutor(96) as pool:
+        results = [x for rs in pool.map(client, range(96)) for x in rs]
+    assert all(code == 200 for code, _ in results), {c for c, _ in results}
+    sites = [site for _, site in results]
+    assert sites.count("edge-a") >= 0.1 * len(sites), {s: sites.count(s) for s in set(sites)}
+    assert sites.count("cloud-a") > sites.count("edge-a")          # the cheapest still first
 
 
 def test_chat_completion_usage_matches_generated_tokens(client, fabric):
@@ -132,9 +160,10 @@ def test_scheduler_serves_a_versioned_site_table(fabric):
     time.sleep(fabric.spec.scheduler.tick_s * 3)
     assert ray.get(sched.routing_table.remote())["version"] > first["version"]
     # the snapshot holds every engine replica with vLLM's own scheduler stats
-    for _ in range(4):
+    for region in ("edge", "cloud", "edge", "cloud"):  # pinned: every small engine serves
         HTTP.post(f"{fabric.base_url}/chat/completions", timeout=60, json={
-            "model": "tiny-llama", "messages": MSG, "max_tokens": 8})
+            "model": "tiny-llama", "messages": MSG, "max_tokens": 8,
+            "metadata": {"fabric_region": region}})
     time.sleep(2)
     sites = {s["name"]: s for s in ray.get(sched.status.remote())["snapshot"]["sites"]}
     models = {name: {e["model"] for e in s["engines"]} for name, s in sites.items()}

@@ -17,6 +17,21 @@ pytestmark = [pytest.mark.integration, pytest.mark.destructive]
 H = {"authorization": "Bearer fabric-local"}
 
 
+def site_of(proc: psutil.Process, fabric) -> str | None:
+    """The site whose raylet the process runs under."""
+    import ray
+
+    raylets = {n.all_processes["raylet"][0].process.pid: n.node_id
+               for n in fabric.cluster._cluster.list_all_nodes()}
+    labels = {n["NodeID"]: n["Labels"] for n in ray.nodes()}
+    p = proc
+    while p is not None:
+        if p.pid in raylets:
+            return labels.get(raylets[p.pid], {}).get("fabric/site")
+        p = p.parent()
+    return None
+
+
 def engine_cores(app: str = "model-tiny-llama:") -> list[psutil.Process]:
     """The vLLM engine processes of this session's fabric (under its raylets) that serve the
     small model (their parent is that app's Serve replica)."""
@@ -39,15 +54,18 @@ def test_engine_crash_under_load(fabric):
     stop = threading.Event()
 
     def client(i: int, stream: bool) -> None:
+        # half the clients pin the edge: both small-model engines carry load, whichever dies
+        pin = {"metadata": {"fabric_region": "edge"}} if i % 2 else {}
         with httpx.Client(timeout=120, headers=H) as c:
             while not stop.is_set():
                 try:
                     if stream:
-                        with c.stream("POST", url, json={**body, "max_tokens": 64, "stream": True}) as r:
+                        with c.stream("POST", url, json={**body, **pin, "max_tokens": 64,
+                                                         "stream": True}) as r:
                             tail = b"".join(r.iter_bytes())[-400:]
                             results.append(("stream", r.status_code, tail))
                     else:
-                        r = c.post(url, json={**body, "max_tokens": 16})
+                        r = c.post(url, json={**body, **pin, "max_tokens": 16})
                         results.append(("plain", r.status_code, r.text[:200].encode()))
                 except httpx.HTTPError as exc:
                     results.append(("stream" if stream else "plain", "error", repr(exc).encode()))
@@ -58,7 +76,9 @@ def test_engine_crash_under_load(fabric):
     wait_for("requests served before the crash", lambda: len(results) >= 6, timeout=120)
     cores = engine_cores()
     assert len(cores) == 2, cores  # one small-model engine per serving site
-    cores[-1].kill()
+    # the one serving the unpinned clients (cloud-a, first in merit order) dies
+    [victim] = [p for p in cores if site_of(p, fabric) == "cloud-a"]
+    victim.kill()
     killed_at = len(results)
     # load goes on until enough plain requests have finished since the crash (replays included)
     try:
@@ -81,9 +101,13 @@ def test_engine_crash_under_load(fabric):
     while time.monotonic() < deadline and len(engine_cores()) < 2:
         time.sleep(3)
     assert len(engine_cores()) == 2, "the crashed engine did not come back"
-    sites = set()
-    while time.monotonic() < deadline and len(sites) < 2:
-        r = httpx.post(url, json={**body, "max_tokens": 4}, headers=H, timeout=60)
-        assert r.status_code == 200, r.text
-        sites.add(r.headers["x-fabric-site"])
+
+    def serves(region: str):  # once Serve has the new replica running and routable
+        r = httpx.post(url, json={**body, "max_tokens": 4, "metadata": {"fabric_region": region}},
+                       headers=H, timeout=60)
+        assert r.status_code in (200, 503), r.text   # 503: "no replica there ... now"
+        return r.status_code == 200 and r.headers["x-fabric-site"]
+
+    sites = {wait_for(f"the {region} engine serving", lambda: serves(region), timeout=240)
+             for region in ("edge", "cloud")}
     assert sites == {"edge-a", "cloud-a"}, sites

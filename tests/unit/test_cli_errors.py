@@ -8,7 +8,7 @@ from pathlib import Path
 FABRIC = [sys.executable, "-m", "fabric.cli"]
 
 
-def run(*args, timeout=60):
+def run(*args, timeout=240):
     return subprocess.run([*FABRIC, *args], capture_output=True, text=True, timeout=timeout)
 
 

@@ -80,3 +80,12 @@ def test_the_job_log_survives_a_restart_and_reruns_cut_off_work(tmp_path):
     assert again.jobs["a"]["status"] == "queued"         # cut off mid-run: it runs again
     assert view(again.jobs["b"])["response"] == {"ok": 1} and "c" not in again.jobs
     assert "response" not in view(again.jobs["b"], with_response=False)
+
+
+def test_the_merit_orders_cost_scores_windows_in_dollars_per_token():
+    policy = DeferralPolicy(carbon_usd_per_t=100)
+    # $/Mtok = MWh/Mtok × (price + kg/MWh × $/t / 1000): 0.1 × (50 + 400 × 0.1) = 9
+    rows = [[GridPoint(50, 400, mwh_per_mtok=0.1), GridPoint(30, 600, mwh_per_mtok=0.2)],
+            [GridPoint(50, 50, mwh_per_mtok=0.1)]]
+    assert scores(rows, policy) == pytest.approx([9.0, 5.5])
+    assert not should_release(0, 600, scores(rows, policy), policy)  # greener window ahead

@@ -105,3 +105,50 @@ def test_dataset_reads_with_plain_pyarrow(tmp_path):
                 "node", "prompt_tokens", "completion_tokens", "cached_tokens", "ttft_s",
                 "latency_s", "status", "energy_j", "carbon_g", "energy_cost_usd", "billed_usd"):
         assert col in names
+
+
+def test_savings_against_least_load_and_ledgers_written_before_the_counterfactual(tmp_path):
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from fabric.metering.records import SCHEMA
+
+    # a file as the previous schema wrote it: none of the decision columns
+    old = [c for c in SCHEMA if c.name not in ("policy", "table_version", "counterfactual_site",
+                                                "counterfactual_energy_cost_usd",
+                                                "counterfactual_carbon_g", "date")]
+    part = tmp_path / "usage" / "date=2023-11-14"
+    part.mkdir(parents=True)
+    row = {k: v for k, v in rec(0, tenant="a", energy_cost_usd=1e-6).items() if k in {c.name for c in old}}
+    row["ts"] = dt.datetime.fromtimestamp(row["ts"], tz=dt.timezone.utc)
+    pq.write_table(pa.Table.from_pylist([row], schema=pa.schema(old)), part / "part-old.parquet")
+    store = LedgerStore(tmp_path)
+    store.append([rec(1, tenant="a", energy_cost_usd=1e-6, policy="fabric",
+                      table_version=7, counterfactual_site="dear",
+                      counterfactual_energy_cost_usd=3e-6, counterfactual_carbon_g=0.5)])
+    store.flush()
+    table = read_usage(tmp_path)
+    assert table.num_rows == 2 and table["policy"].to_pylist().count(None) == 1
+    [a] = totals(table, "tenant")
+    assert a["requests"] == 2 and a["counterfactual_requests"] == 1
+    assert a["saved_usd"] == pytest.approx(2e-6) and a["saved_kg_co2"] == pytest.approx(0.4e-3)
+
+
+def test_the_counterfactual_is_least_loads_spread_priced_at_its_sites():
+    from fabric.scheduling.counterfactual import counterfactuals, price
+    from fabric.scheduling.signals import ReplicaSignals, SiteSignals, Snapshot
+
+    def site(name, price_, carbon, j, inflight=0):
+        return SiteSignals(name=name, region="r", budget_w=1e4, facility_w=1e3, replicas=1,
+                           price_usd_per_mwh=price_, carbon_g_per_kwh=carbon, j_per_token=j,
+                           pue=1.0, inflight=inflight, max_inflight_per_replica=10,
+                           engines=[ReplicaSignals(replica=name, model="m")])
+
+    cf = counterfactuals(Snapshot(sites=[site("cheap", 10, 100, 1.0), site("dear", 90, 500, 2.0)]))
+    # least_load splits an idle pair evenly: half at the cheap site's figures, half at the
+    # dear one's (twice the joules per token)
+    usd, grams = price(3.6e9, cf["cheap"])
+    assert usd == pytest.approx(0.5 * 10 + 0.5 * 2 * 90)
+    assert grams == pytest.approx((0.5 * 100 + 0.5 * 2 * 500) * 1e3)
+    assert price(3.6e9, cf["dear"])[0] == pytest.approx(0.5 * 10 / 2 + 0.5 * 90)

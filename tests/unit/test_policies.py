@@ -2,7 +2,8 @@
 
 import pytest
 
-from fabric.layers.scheduler import power_cap_w, site_signals
+from fabric.scheduling.capacity import power_cap_w
+from fabric.scheduling.signals import site_signals
 from fabric.scheduling.policies import POLICIES, make_policy
 from fabric.scheduling.signals import SiteSignals, Snapshot
 
@@ -23,12 +24,15 @@ def nonzero(table):
 
 
 def test_registry_and_errors():
-    assert set(POLICIES) == {"round_robin", "least_load", "cheapest_energy", "lowest_carbon", "fabric"}
+    assert set(POLICIES) == {"round_robin", "least_load", "cheapest_energy", "lowest_carbon",
+                             "fabric", "score_blend"}
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("nope")
     from pydantic import ValidationError
     with pytest.raises(ValidationError):
-        make_policy("fabric", price=-1)
+        make_policy("score_blend", price=-1)
+    with pytest.raises(ValidationError):
+        make_policy("fabric", reserve=-1)
 
 
 def test_round_robin_weights_every_serving_site_equally():
@@ -56,33 +60,33 @@ def test_cheapest_energy_and_lowest_carbon_pick_the_best_site():
     assert nonzero(make_policy("cheapest_energy").table(tie, 1)) == {"a", "b"}
 
 
-def test_fabric_prefers_cheap_green_idle_sites():
+def test_score_blend_prefers_cheap_green_idle_sites():
     s = snap(site("good", price=20, carbon=50), site("bad", price=120, carbon=600, inflight=5))
-    t = make_policy("fabric").table(s, 1)
+    t = make_policy("score_blend").table(s, 1)
     assert t.weights["good"] > t.weights["bad"] > 0
 
 
-def test_fabric_sheds_a_site_with_negative_headroom_at_once():
-    p = make_policy("fabric")
+def test_score_blend_sheds_a_site_with_negative_headroom_at_once():
+    p = make_policy("score_blend")
     ok = snap(site("a"), site("b"))
     assert nonzero(p.table(ok, 1)) == {"a", "b"}
     cut = snap(site("a", budget=400, draw=828), site("b"))
     assert nonzero(p.table(cut, 2)) == {"b"}  # the very first tick that sees it
 
 
-def test_fabric_brings_a_shed_site_back_gradually_without_flapping():
-    p = make_policy("fabric", ramp_per_tick=0.25, readmit_headroom=0.1)
+def test_score_blend_brings_a_shed_site_back_gradually_without_flapping():
+    p = make_policy("score_blend", ramp_per_tick=0.25, readmit_headroom=0.1)
     p.table(snap(site("a", budget=400, draw=828), site("b")), 1)
     # headroom back but under the readmission margin: still shed
     assert p.table(snap(site("a", budget=10_000, draw=9_500), site("b")), 2).weights["a"] == 0
     weights = [p.table(snap(site("a"), site("b")), 3 + i).weights["a"] for i in range(6)]
     assert weights[0] == 0 and weights == sorted(weights) and weights[-1] > 0
-    full = make_policy("fabric").table(snap(site("a"), site("b")), 1).weights["a"]
+    full = make_policy("score_blend").table(snap(site("a"), site("b")), 1).weights["a"]
     assert weights[1] < full and weights[-1] == pytest.approx(full)
 
 
-def test_fabric_keeps_a_curtailed_site_shed_while_caps_hold_its_draw_down():
-    p = make_policy("fabric")
+def test_score_blend_keeps_a_curtailed_site_shed_while_caps_hold_its_draw_down():
+    p = make_policy("score_blend")
     cut = site("a", budget=400, draw=828)
     cut.curtailed = True
     p.table(snap(cut, site("b")), 1)
@@ -93,13 +97,13 @@ def test_fabric_keeps_a_curtailed_site_shed_while_caps_hold_its_draw_down():
     assert p.table(snap(site("a"), site("b")), 10).weights["a"] > 0  # ...once the event is over
 
 
-def test_fabric_slo_guard_caps_an_overloaded_site():
-    t = make_policy("fabric").table(snap(site("hot", inflight=10), site("cool")), 1)
+def test_score_blend_slo_guard_caps_an_overloaded_site():
+    t = make_policy("score_blend").table(snap(site("hot", inflight=10), site("cool")), 1)
     assert t.weights["hot"] <= 0.05 < t.weights["cool"]
 
 
-def test_fabric_with_no_serving_site_returns_all_zero():
-    t = make_policy("fabric").table(snap(site("a", replicas=0)), 1)
+def test_score_blend_with_no_serving_site_returns_all_zero():
+    t = make_policy("score_blend").table(snap(site("a", replicas=0)), 1)
     assert t.weights == {"a": 0.0}
 
 

@@ -2,9 +2,8 @@
 
 import pytest
 
-from fabric.layers.scheduler import site_signals
 from fabric.scheduling.policies import make_policy
-from fabric.scheduling.signals import ReplicaSignals, SiteSignals, Snapshot
+from fabric.scheduling.signals import ReplicaSignals, SiteSignals, Snapshot, site_signals
 
 
 def state(engines, inflight=4):
@@ -32,13 +31,13 @@ def test_a_full_kv_cache_is_load_even_with_few_requests():
     assert full.load == pytest.approx(0.95)                         # the unhealthy one is ignored
 
 
-def test_the_fabric_policy_prefers_nearer_regions_all_else_equal():
+def test_the_score_blend_policy_prefers_nearer_regions_all_else_equal():
     def site(name, latency):
         return SiteSignals(name=name, region=name, budget_w=10_000, facility_w=1_000, replicas=1,
                            price_usd_per_mwh=50, carbon_g_per_kwh=100, latency_class=latency)
 
-    weights = make_policy("fabric").table(Snapshot(sites=[site("n", "near"), site("r", "regional"),
+    weights = make_policy("score_blend").table(Snapshot(sites=[site("n", "near"), site("r", "regional"),
                                                           site("f", "far")]), 1).weights
     assert weights["n"] > weights["r"] > weights["f"] > 0
-    same = make_policy("fabric").table(Snapshot(sites=[site("a", "far"), site("b", "far")]), 1).weights
+    same = make_policy("score_blend").table(Snapshot(sites=[site("a", "far"), site("b", "far")]), 1).weights
     assert same["a"] == same["b"]

@@ -1,0 +1,231 @@
+"""Economic dispatch: the fabric's default policy. Pure.
+
+As a grid operator dispatches power plants, the fabric dispatches tokens: every tick it ranks
+the sites that may serve by the marginal cost of a token there — the configured scorers'
+sum (``fabric.scheduling.scorers``: energy price × J/token at the site's GPUs and PUE, carbon
+at a carbon price, …) — and fills them in that merit order, each up to its SLO-safe capacity
+(``fabric.scheduling.capacity``: the utilisation at which its own queue would push TTFT past
+the SLO, times what its power budget lets its GPUs run), spilling to the next site only
+beyond it. The weights are the resulting shares of the demand, so the router's weighted
+picks send each site exactly its allotment; the next sites in merit order are the table's
+overflow, which the router offers when the weighted replicas are full.
+
+Demand is the arrival rate the sites take now (requests routed per second, or in flight over
+service time by Little's law where a site's slots are full), smoothed over ``demand_tau_s``;
+a rise beyond a tick's Poisson noise is taken at once, so a burst is met within a tick. Power is a hard limit, as before: a site with negative headroom gets no
+new traffic from the next tick on; it comes back once its curtailment is over and its
+headroom exceeds ``readmit_headroom``, regaining at most ``ramp_per_tick`` of its allotment
+per tick.
+
+Capacity follows demand: a site the merit order has not needed for ``park_after_s`` is
+marked parked (its engines can stop and its node be released), cheapest-last, while the
+unparked capacity stays above the demand forecast ``cold_start_s`` ahead (a linear trend)
+plus ``reserve``; a parked site is unparked as soon as that margin needs it. The table lists
+parked sites; the simulator releases them (zero power, a cold start to come back).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fabric.scheduling.capacity import slo_safe_utilisation
+from fabric.scheduling.policies import Policy, _serving, power_gate
+from fabric.scheduling.scorers import Scoring
+from fabric.scheduling.signals import SiteSignals, Snapshot
+from fabric.scheduling.table import RoutingTable
+
+DEFAULT_SCORERS = {"energy_price": 1.0, "carbon": 1.0}
+
+
+class DispatchParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt parameter fails at load
+    slo_ttft_s: float = Field(2.0, gt=0, description="the TTFT the fill protects")
+    slo_target: float = Field(0.99, gt=0, lt=1, description="share of requests within it")
+    max_utilisation: float = Field(0.95, gt=0, le=1, description="never plan a site above this")
+    readmit_headroom: float = Field(0.05, ge=0, description="headroom share needed to come back")
+    ramp_per_tick: float = Field(0.25, gt=0, le=1, description="max allotment regained per tick")
+    demand_tau_s: float = Field(20.0, ge=0, description="time constant of the demand estimate; "
+                                "a rise beyond Poisson noise (3 sigma) is taken at once")
+    tick_s: float = Field(1.0, gt=0, description="the scheduler's tick (for the times below)")
+    park: bool = Field(True, description="mark capacity the demand does not need as parked")
+    park_after_s: float = Field(180.0, ge=0, description="unneeded this long before parking")
+    cold_start_s: float = Field(60.0, ge=0, description="a parked site's time back to serving")
+    reserve: float = Field(0.2, ge=0, description="unparked capacity kept above the forecast")
+    contingency: bool = Field(False, description="keep the forecast covered without the "
+                              "biggest unparked site (N-1)")
+    trend_window_s: float = Field(300.0, gt=0, description="demand trend fitted over this")
+
+
+class _Group:
+    """The demand state of the sites serving one model (merit orders never mix models)."""
+
+    def __init__(self) -> None:
+        self.demand = 0.0                      # requests/s, held at its recent peak
+        self.history: deque[float] = deque()   # demand per tick, for the trend
+
+
+class EconomicDispatch(Policy, name="fabric"):
+    spills = True
+
+    def __init__(self, scorers: dict[str, float] | None = None,
+                 scorer_params: dict[str, dict] | None = None, **params):
+        super().__init__(**params)
+        self.p = DispatchParams(**params)
+        self.scoring = Scoring(scorers or DEFAULT_SCORERS, scorer_params)
+        self.shed: set[str] = set()
+        self.ramp: dict[str, float] = {}
+        self.groups: dict[str, _Group] = {}
+        self.idle_ticks: dict[str, int] = {}   # site -> ticks the merit order did not need it
+        self.parked: set[str] = set()
+        self.costs: dict[str, float] = {}      # site -> $/Mtok, as of the last tick
+
+    def capacity_rps(self, s: SiteSignals) -> float:
+        """Requests/s the site takes within the SLO: its SLO-safe utilisation of its batch
+        slots at the speed its power budget allows."""
+        speed = s.speed
+        if s.replicas <= 0 or speed <= 0:
+            return 0.0
+        service, prefill = s.service_s / speed, s.prefill_s / speed
+        rho = min(self.p.max_utilisation,
+                  slo_safe_utilisation(s.slots, service, prefill, self.p.slo_ttft_s, self.p.slo_target))
+        slots_rps = rho * s.slots / service
+        if s.throughput_rps > 0 and rho > 0:
+            return min(slots_rps, self.p.max_utilisation * s.throughput_rps * speed)
+        return slots_rps
+
+    def _demand(self, g: _Group, sites: list[SiteSignals]) -> float:
+        """Requests/s the group's sites serve now (in flight / time in a slot), held at its
+        recent peak and decayed slowly."""
+        now = sum(self._rate(s) for s in sites)
+        noise = 3.0 * math.sqrt(max(g.demand, 1.0) / self.p.tick_s)  # Poisson, one tick
+        if now > g.demand + noise or not self.p.demand_tau_s:
+            g.demand = now
+        else:
+            g.demand += min(1.0, self.p.tick_s / self.p.demand_tau_s) * (now - g.demand)
+        g.history.append(g.demand)
+        while len(g.history) > max(4, int(self.p.trend_window_s / self.p.tick_s)):
+            g.history.popleft()
+        return g.demand
+
+    def _rate(self, s: SiteSignals) -> float:
+        """A site's arrivals/s: as reported, or (where it reports none, or its slots are
+        full and requests queue) its requests in flight over their time in a slot."""
+        by_slots = s.inflight * max(s.speed, 1e-3) / s.service_s
+        if s.requests_per_s <= 0 or s.inflight > s.slots:
+            return max(s.requests_per_s, by_slots)
+        return s.requests_per_s
+
+    def _forecast(self, g: _Group, horizon_s: float) -> float:
+        """Demand ``horizon_s`` ahead on the recent linear trend (never below now)."""
+        h, n = g.history, len(g.history)
+        if n < 4:
+            return g.demand
+        mean_x, mean_y = (n - 1) / 2, sum(h) / n
+        slope = (sum((i - mean_x) * (y - mean_y) for i, y in enumerate(h))
+                 / sum((i - mean_x) ** 2 for i in range(n)))
+        return max(g.demand, g.demand + slope * horizon_s / self.p.tick_s)
+
+    def weights(self, snapshot: Snapshot) -> dict[str, float]:
+        serving = [s for s in snapshot.sites if s.replicas > 0 or s.parked]
+        self.costs = {s.name: self.scoring.cost(s) for s in serving}
+        live = power_gate(serving, self.shed, self.ramp, self.p.readmit_headroom)
+        by_model: dict[str, list[SiteSignals]] = {}
+        for s in serving:
+            by_model.setdefault(s.engines[0].model if s.engines else "", []).append(s)
+        out: dict[str, float] = {}
+        for model, sites in by_model.items():
+            out.update(self._dispatch(self.groups.setdefault(model, _Group()), sites))
+        for s in live:  # a readmitted site regains its allotment step by step
+            self.ramp[s.name] = min(1.0, self.ramp.get(s.name, 1.0) + self.p.ramp_per_tick)
+        return out
+
+    def _dispatch(self, g: _Group, sites: list[SiteSignals]) -> dict[str, float]:
+        """One model's sites: merit-order shares of its demand (summing to 1). Sites shed for
+        power come last, at the capacity their capped GPUs leave: used only if the others
+        cannot take the demand within the SLO."""
+        merit = sorted(sites, key=lambda s: (self.costs[s.name], s.name))
+        order = [s for s in merit if s.name not in self.shed]
+        up = lambda s: not s.parked and s.name not in self.parked and s.replicas > 0  # noqa: E731
+        usable = [s for s in order if up(s)]
+        last_resort = [s for s in merit if s.name in self.shed and up(s) and s.speed > 0]
+        demand = self._demand(g, usable + last_resort)
+        caps = {s.name: self.capacity_rps(s) for s in merit}
+        self._plan_parking(g, order, caps)
+        if not usable and not last_resort:
+            return {}
+        alloc: dict[str, float] = {}
+        left = demand
+        for s in usable + last_resort:  # merit order: each up to its SLO-safe capacity
+            take = min(left, caps[s.name])
+            if take > 0:
+                alloc[s.name] = take
+                left -= take
+        usable = usable or last_resort
+        if left > 1e-9:  # more demand than safe capacity: the excess shared by size
+            total = sum(caps[s.name] for s in usable) or float(len(usable))
+            for s in usable:
+                alloc[s.name] = alloc.get(s.name, 0.0) + left * (caps[s.name] or 1.0) / total
+        if not alloc:  # idle: the cheapest site takes the first requests
+            alloc = {usable[0].name: 1.0}
+        total = sum(alloc.values())
+        shares = {k: v / total for k, v in alloc.items()}
+        # a site coming back after a power event takes at most its ramp of its share; the
+        # rest goes on to the next sites in merit order
+        moved = 0.0
+        for s in usable:
+            ramp = min(1.0, self.ramp.get(s.name, 1.0))
+            if s.name in shares and ramp < 1.0:
+                moved += shares[s.name] * (1.0 - ramp)
+                shares[s.name] *= ramp
+        for s in usable:
+            if moved <= 1e-12:
+                break
+            if self.ramp.get(s.name, 1.0) >= 1.0:
+                room = max(0.0, caps[s.name] / max(demand, 1e-9) - shares.get(s.name, 0.0)) \
+                    if demand > 0 else moved
+                give = min(moved, room) if s is not usable[-1] else moved
+                shares[s.name] = shares.get(s.name, 0.0) + give
+                moved -= give
+        if sum(shares.values()) <= 0:  # everything ramping from zero: let the first step in
+            shares = {s.name: 1.0 for s in usable}
+        return shares
+
+    def _plan_parking(self, g: _Group, order: list[SiteSignals], caps: dict[str, float]) -> None:
+        """Keep the cheapest sites that cover the forecast (``cold_start_s`` ahead) plus the
+        reserve unparked; park the others once unneeded for ``park_after_s``."""
+        if not self.p.park:
+            self.parked.clear()
+            return
+        forecast = self._forecast(g, self.p.cold_start_s)
+        need = forecast * (1.0 + self.p.reserve)
+        covered, biggest, keep = 0.0, 0.0, set()
+        # cheapest to keep on: the marginal cost with the idle power spread over a full site
+        for s in sorted(order, key=lambda s: (self.costs[s.name] * (1 + s.idle_w / s.dynamic_w)
+                                              if s.dynamic_w else self.costs[s.name], s.name)):
+            if keep and covered >= need and (not self.p.contingency or covered - biggest >= forecast):
+                break
+            keep.add(s.name)
+            covered += caps[s.name]
+            biggest = max(biggest, caps[s.name])
+        after = max(1, int(self.p.park_after_s / self.p.tick_s))
+        for s in order:
+            if s.name in keep:
+                self.idle_ticks[s.name] = 0
+                self.parked.discard(s.name)  # needed: unparked now (it takes a cold start)
+            else:
+                self.idle_ticks[s.name] = self.idle_ticks.get(s.name, 0) + 1
+                if self.idle_ticks[s.name] >= after:
+                    self.parked.add(s.name)
+
+    def table(self, snapshot: Snapshot, version: int) -> RoutingTable:
+        t = super().table(snapshot, version)
+        merit = sorted((s for s in _serving(snapshot) if s.name not in self.shed),
+                       key=lambda s: (self.costs.get(s.name, 0.0), s.name))
+        t.overflow = [s.name for s in merit if not t.weights.get(s.name) and s.headroom_w >= 0
+                      and s.name not in self.parked and not s.parked]
+        t.parked = sorted(self.parked)
+        t.cost_usd_per_mtok = {k: round(v, 6) for k, v in self.costs.items()}
+        return t
