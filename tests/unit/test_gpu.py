@@ -17,7 +17,7 @@ def test_modelled_power_follows_load_and_limits():
 def test_modelled_gpus_are_labelled_and_limits_apply():
     gpus = ModelledGpus("H100", 2, tdp_w=700, idle_w=90)
     idle, busy = gpus.read(0.0), gpus.read(1.0)
-    assert all(r.source == "model" and "modelled" in r.name for r in idle + busy)
+    assert all(r.source == ModelledGpus.source and "modelled" in r.name for r in idle + busy)
     assert sum(r.power_w for r in busy) > sum(r.power_w for r in idle)
     assert gpus.set_power_limit(1, 350)["applied"]
     assert [r.power_w for r in gpus.read(1.0)] == [700, 350]
