@@ -69,6 +69,7 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
         if table:
             reg["weight"] = (reg["weight"] or 0.0) + table["weights"].get(s["site"], 0.0)
             s["routing_weight"] = table["weights"].get(s["site"], 0.0)
+            s["cost_usd_per_mtok"] = table.get("cost_usd_per_mtok", {}).get(s["site"])
         reg["endpoint"] = (regional or {}).get(s["region"]) or endpoint
     return {"sites": [{k: v for k, v in s.items() if k != "node_readings"} for s in sites],
             "nodes": nodes, "regions": list(regions.values()), "routing_table": table,
@@ -81,14 +82,15 @@ def render(snap: dict, console) -> None:
 
     t = Table(title="L1/L2 sites (power replayed from grid data)", title_justify="left")
     for col in ("site", "region", "budget kW", "draw kW", "headroom kW", "$/MWh", "gCO2/kWh",
-                "curtailed", "weight", "power source"):
+                "curtailed", "$/Mtok", "weight", "power source"):
         t.add_column(col, justify="left" if col in ("site", "region", "power source") else "right")
     for s in snap["sites"]:
+        cost = s.get("cost_usd_per_mtok")  # the merit order's marginal cost (dispatch policy)
         t.add_row(s["site"], s["region"], f"{s['budget_w'] / 1e3:.1f}",
                   f"{s['facility_power_w'] / 1e3:.2f}", f"{s['headroom_w'] / 1e3:.2f}",
                   f"{s['price_usd_per_mwh']:.1f}", f"{s['carbon_g_per_kwh']:.0f}",
-                  "yes" if s["curtailed"] else "no", f"{s.get('routing_weight', 0):.2f}",
-                  s["power_source"])
+                  "yes" if s["curtailed"] else "no", "-" if cost is None else f"{cost:.4f}",
+                  f"{s.get('routing_weight', 0):.2f}", s["power_source"])
     console.print(t)
     t = Table(title="L3 nodes and GPUs", title_justify="left")
     for col in ("site", "node", "power", "GPUs", "util", "running+waiting"):

@@ -63,7 +63,7 @@ class _Group:
     """The demand state of the sites serving one model (merit orders never mix models)."""
 
     def __init__(self) -> None:
-        self.demand = 0.0                      # requests/s, held at its recent peak
+        self.demand = 0.0                      # requests/s, smoothed
         self.history: deque[float] = deque()   # demand per tick, for the trend
 
 
@@ -97,8 +97,8 @@ class EconomicDispatch(Policy, name="fabric"):
         return slots_rps
 
     def _demand(self, g: _Group, sites: list[SiteSignals]) -> float:
-        """Requests/s the group's sites serve now (in flight / time in a slot), held at its
-        recent peak and decayed slowly."""
+        """Requests/s the group's sites take now, smoothed over ``demand_tau_s``; a rise
+        beyond a tick's Poisson noise is taken at once."""
         now = sum(self._rate(s) for s in sites)
         noise = 3.0 * math.sqrt(max(g.demand, 1.0) / self.p.tick_s)  # Poisson, one tick
         if now > g.demand + noise or not self.p.demand_tau_s:

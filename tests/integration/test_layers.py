@@ -116,6 +116,8 @@ def test_status_command_reports_every_layer(fabric):
     assert len(sources) == 1 and sources <= POWER_SOURCES
     assert {r["region"]: r["replicas"] for r in snap["regions"]} == {"edge": 1, "cloud": 2}
     assert snap["routing_table"]["policy"] == "fabric"
+    costs = {s["site"]: s["cost_usd_per_mtok"] for s in snap["sites"]}  # the merit order's
+    assert all(c > 0 for c in costs.values()) and costs["cloud-a"] < costs["edge-a"], costs
     human = subprocess.run([sys.executable, "-m", "fabric.cli", "status", "--address",
                             fabric.cluster.address], capture_output=True, text=True, timeout=120)
     assert human.returncode == 0 and f"source={sources.pop()}" in human.stdout
