@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/fabric demo
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q tests/unit

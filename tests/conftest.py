@@ -40,6 +40,7 @@ def fabric(tmp_path_factory):
     # so no curtailment arrives on its own mid-session; tests raise them on purpose (``power``).
     spec.power_clock.start_s = max((c.start_s + c.duration_s for _, s in spec.sites
                                     for c in s.power.curtailments), default=0.0)
+    spec.scheduler.drain_after_s = 10  # a site short of power is drained sooner (test_drain)
     spec.tenants += [TenantSpec(name=name, api_key_sha256=key_hash(tenant_key(name)), **limits)
                      for name, limits in TEST_TENANTS.items()]
     with running_fabric(spec) as fab:

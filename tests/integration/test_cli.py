@@ -136,13 +136,17 @@ def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_pat
     assert_nothing_left_behind(None, port)
 
 
-def test_ctrl_c_shuts_the_fabric_down(tmp_path):
+def test_ctrl_c_while_starting_shuts_everything_down(tmp_path):
+    """Ctrl-C in the middle of start-up (raylets up, engines starting): nothing is left."""
     run = Watched("up", "--spec", one_model_spec(tmp_path), "--port", str(free_port()),
                   "--log-file", str(tmp_path / "up.log"))
-    assert run.wait_for(r"serving", timeout=400), run.output
+    assert run.wait_for(r"deploying", timeout=400), run.output
+    time.sleep(1.0)  # into the engines' start
     run.proc.send_signal(signal.SIGINT)
     rc = run.finish(timeout=120)
     assert rc == 0 and "shut down" in run.output, run.output
+    assert "serving" not in run.output
+    assert len(run.seen) > 3  # it had started raylets and workers
     assert run.survivors() == []
 
 
