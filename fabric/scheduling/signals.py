@@ -108,6 +108,8 @@ def site_signals(state: dict, edge: bool, max_inflight: int, latency_class: str 
         replicas=state["replicas"], inflight=sum(n["inflight"] for n in nodes),
         utilisation=max([n["engine_utilisation"] for n in nodes], default=0.0),
         tokens_per_s=sum(n.get("tokens_per_s", 0.0) for n in nodes),
-        requests_per_s=sum(n.get("requests_per_s", 0.0) for n in nodes),
+        # requests_per_s stays 0: the live fabric counts demand and capacity in batch slots
+        # (requests in flight; service time unknown, 1 s), and its engines' completions per
+        # second would mix another unit in (and understate arrivals exactly when slots are full)
         max_inflight_per_replica=max_inflight, latency_class=latency_class, engines=engines,
         extra=extra, **(static or {}))

@@ -109,19 +109,19 @@ def assert_nothing_left_behind(address: str | None, port: int) -> None:
 
 def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_path):
     # 12 agents: the cheapest site (cloud-a) serves them until the power event (raised after
-    # 40 % of the steps) cuts it, then the edge does; 20 steps each keep traffic flowing well
+    # 40 % of the steps) cuts it, then the edge does; 12 steps each keep traffic flowing well
     # past the event, so both regions appear in the report
     import json
 
     port = free_port()
     report_json = tmp_path / "demo.json"
-    run = Watched("demo", "--agents", "12", "--steps", "20", "--max-tokens", "16",
+    run = Watched("demo", "--agents", "12", "--steps", "12", "--max-tokens", "16",
                   "--port", str(port), "--log-file", str(tmp_path / "demo.log"),
                   "--report-json", str(report_json))
     rc = run.finish(timeout=600)
     out = run.output
     assert rc == 0, out
-    assert "agent workload report" in out and "240 (240 ok, 0 errors)" in out
+    assert "agent workload report" in out and "144 (144 ok, 0 errors)" in out
     assert "power event" in out and "sites before" in out
     assert re.search(r"region cloud\s.*\d+ req", out) and re.search(r"region edge\s.*\d+ req", out)
     assert "TTFT p50" in out and "latency p50" in out
