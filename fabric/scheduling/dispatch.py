@@ -44,7 +44,7 @@ class DispatchParams(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt parameter fails at load
     slo_ttft_s: float = Field(2.0, gt=0, description="the TTFT the fill protects")
     slo_target: float = Field(0.99, gt=0, lt=1, description="share of requests within it")
-    max_utilisation: float = Field(0.95, gt=0, le=1, description="never plan a site above this")
+    max_utilisation: float = Field(0.98, gt=0, le=1, description="never plan a site above this")
     readmit_headroom: float = Field(0.05, ge=0, description="headroom share needed to come back")
     ramp_per_tick: float = Field(0.25, gt=0, le=1, description="max allotment regained per tick")
     demand_tau_s: float = Field(20.0, ge=0, description="time constant of the demand estimate; "
@@ -53,7 +53,7 @@ class DispatchParams(BaseModel):
     park: bool = Field(True, description="mark capacity the demand does not need as parked")
     park_after_s: float = Field(180.0, ge=0, description="unneeded this long before parking")
     cold_start_s: float = Field(60.0, ge=0, description="a parked site's time back to serving")
-    reserve: float = Field(0.2, ge=0, description="unparked capacity kept above the forecast")
+    reserve: float = Field(0.1, ge=0, description="unparked capacity kept above the forecast")
     contingency: bool = Field(False, description="keep the forecast covered without the "
                               "biggest unparked site (N-1)")
     trend_window_s: float = Field(300.0, gt=0, description="demand trend fitted over this")

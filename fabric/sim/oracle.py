@@ -54,11 +54,18 @@ def slot_demand(trace: Trace, slot_s: float) -> tuple[np.ndarray, np.ndarray, np
 
 
 def solve(spec: FabricSpec, trace: Trace, config: SimConfig | None = None,
-          slot_s: float = 900.0, carbon_usd_per_t: float | None = None) -> OracleResult:
+          slot_s: float = 900.0, carbon_usd_per_t: float | None = None,
+          max_utilisation: float | None = None) -> OracleResult:
+    """``max_utilisation``: the most any site may be planned at (default: the dispatch
+    policy's own, so the bound holds for it)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
+    from fabric.scheduling.dispatch import DispatchParams
+
     cfg = config or SimConfig.from_spec(spec)
+    if max_utilisation is None:
+        max_utilisation = DispatchParams.model_fields["max_utilisation"].default
     fleet = build_fleet(spec, cfg.model_params_b, cfg.gpu_types, cfg.profiles)
     carbon_price = (spec.scheduler.carbon_price_usd_per_t if carbon_usd_per_t is None
                     else carbon_usd_per_t)
@@ -67,13 +74,15 @@ def solve(spec: FabricSpec, trace: Trace, config: SimConfig | None = None,
     T, N = len(reqs), len(hosts)
     mean_p = prompt.sum() / max(reqs.sum(), 1)
     mean_o = output.sum() / max(reqs.sum(), 1)
-    # per site: SLO-safe utilisation, work of a slot's requests (site-seconds at full speed)
+    # per site: its SLO-safe utilisation, as the dispatch policy derives it (a mean request's
+    # time in a batch slot: its prefill, then a decode step per output token)
     rho = np.empty(N)
     for j, i in enumerate(hosts):
-        slots = int(fleet.replicas[i] * fleet.batch)
-        work = mean_p / fleet.prefill_tok_s[i] + mean_o / fleet.decode_tok_s[i]
-        rho[j] = min(0.95, slo_safe_utilisation(slots, work * slots, mean_p / fleet.replica_prefill_tok_s[i],
-                                                cfg.slo_ttft_s))
+        prefill = mean_p / fleet.replica_prefill_tok_s[i]
+        rho[j] = min(max_utilisation, slo_safe_utilisation(
+            int(fleet.replicas[i] * fleet.batch), prefill + mean_o * fleet.step_s[i], prefill,
+            cfg.slo_ttft_s))
+    # work of slot t's requests at each site (site-seconds at full speed)
     W = prompt[:, None] / fleet.prefill_tok_s[hosts] + output[:, None] / fleet.decode_tok_s[hosts]
     price, carbon, budget = np.empty((T, N)), np.empty((T, N)), np.empty((T, N))
     for t in range(T):
