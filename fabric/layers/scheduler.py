@@ -98,35 +98,35 @@ class Scheduler:
     async def tick(self) -> dict:
         self._snapshot = await self._snapshot_now()
         version = max(int(time.time() * 1000), self._table.version + 1)
-        before = self._table.weights
+        before = set(getattr(self._policy, "shed", ()))
         self._table = self._policy.table(self._snapshot, version)
         self._table.counterfactual = counterfactuals(self._snapshot)
         self._ticks += 1
         self._history.append({"tick": self._ticks, "version": version,
                               "weights": dict(self._table.weights)})
-        self._log_shifts(before, self._table.weights)
+        self._log_power_shifts(before, set(getattr(self._policy, "shed", ())))
         self._metrics.observe(self._states, self._table.weights, self._table.version, self._groups)
         await self._act_on_power(self._snapshot)
         if self._spec.scheduler.scale_replicas:
             self._act_on_replicas(self._snapshot)
         return self._table.model_dump()
 
-    def _log_shifts(self, before: dict[str, float], after: dict[str, float]) -> None:
-        """Log each site the new table sheds (weight to 0) or readmits (from 0), with the tick."""
-        if not before:
-            return
-        for site, weight in after.items():
-            was = before.get(site, 0.0)
-            if (was > 0) != (weight > 0):
-                signals = next((s for s in self._snapshot.sites if s.name == site), None)
-                self._log({"action": "shed" if was > 0 else "readmit", "site": site,
-                           "tick": self._ticks, "curtailed": bool(signals and signals.curtailed),
-                           "headroom_w": round(signals.headroom_w, 1) if signals else None})
+    def _log_power_shifts(self, before: set[str], after: set[str]) -> None:
+        """Log each site the policy sheds for power (or readmits) this tick, with the tick."""
+        for site in sorted(before ^ after):
+            signals = next((s for s in self._snapshot.sites if s.name == site), None)
+            self._log({"action": "shed" if site in after else "readmit", "site": site,
+                       "tick": self._ticks, "curtailed": bool(signals and signals.curtailed),
+                       "headroom_w": round(signals.headroom_w, 1) if signals else None})
 
     async def _act_on_power(self, snap: Snapshot) -> None:
-        """Cap GPU power at sites shed for negative headroom; restore when they come back."""
-        shed = {s.name for s in snap.sites if s.headroom_w < 0 or
-                (s.name in self._capped and self._table.weights.get(s.name, 0) == 0)}
+        """Cap GPU power at sites shed for negative headroom; restore when they come back
+        (readmitted by the policy's power gate; for a policy without one, once it weights the
+        site again)."""
+        policy_shed = getattr(self._policy, "shed", None)
+        shed = {s.name for s in snap.sites if s.headroom_w < 0 or (
+            s.name in policy_shed if policy_shed is not None else
+            s.name in self._capped and self._table.weights.get(s.name, 0) == 0)}
         for name in shed - self._capped:
             await self._set_caps(name, snap.site(name).budget_w)
             self._capped.add(name)
