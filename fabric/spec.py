@@ -165,7 +165,7 @@ class ModelSpec(_Strict):
 class SchedulerSpec(_Strict):
     policy: str = Field("fabric", description="fabric (economic dispatch) | least_load | "
                         "round_robin | cheapest_energy | lowest_carbon | score_blend | module:Class")
-    params: dict[str, float] = Field(default_factory=dict, description="the policy's parameters")
+    params: dict[str, float | bool] = Field(default_factory=dict, description="the policy's parameters")
     tick_s: float = Field(0.5, gt=0, le=60)
     scorers: dict[str, float] = Field(default_factory=lambda: {"energy_price": 1.0, "carbon": 1.0},
                                       description="scorer name (or module:Class) -> weight: a "

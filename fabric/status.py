@@ -51,7 +51,8 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
         scheduler = ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)
         table = ray.get(scheduler.routing_table.remote(), timeout=30)
         st = ray.get(scheduler.status.remote(), timeout=30)
-        replicas = {"targets": st.get("replica_targets", {}), "drained": st.get("drained_sites", [])}
+        replicas = {"targets": st.get("replica_targets", {}), "drained": st.get("drained_sites", []),
+                    "parked": st.get("parked_sites", [])}
     nodes = [{"site": s["site"], "region": s["region"], **{k: r[k] for k in (
         "node_id", "source", "power_w", "engine_utilisation", "inflight", "replicas",
         "tokens_per_s", "requests_per_s")},
@@ -127,4 +128,6 @@ def render(snap: dict, console) -> None:
         console.print("replica targets: " + (", ".join(f"{m}={n}" for m, n in r["targets"].items())
                                              or "-")
                       + (f" (engines stopped at {', '.join(r['drained'])}: short of power)"
-                         if r["drained"] else ""))
+                         if r["drained"] else "")
+                      + (f" (parked at low load: {', '.join(r['parked'])})"
+                         if r.get("parked") else ""))

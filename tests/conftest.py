@@ -99,11 +99,13 @@ class Power:
 
 
 def at_rest(status: dict) -> bool:
-    """No site curtailed, capped, drained, shed or still ramping back after a power event."""
+    """No site curtailed, capped, drained, shed, parked or still ramping back after a power
+    event (or starting again after parking)."""
     snap = status.get("snapshot") or {"sites": []}
     return (not any(s["curtailed"] for s in snap["sites"]) and not status["capped_sites"]
             and not status["drained_sites"] and not status["shed_sites"]
-            and not status["ramping_sites"])
+            and not status["ramping_sites"] and not status["parked_sites"]
+            and not status["released_sites"])
 
 
 @pytest.fixture

@@ -160,12 +160,19 @@ class TokenTap:
         return int(details.get("cached_tokens") or 0)
 
 
+RETRY_NO_CAPACITY_S = 30  # an engine's cold start here: a parked or drained site's way back
+
+
 def refusal(request: dict, here: Placement, tier: str = "",
-            hint_headers: tuple[str, ...] = ()) -> tuple[int, str] | None:
-    """The engine's own guard on fabric hints: (status, reason) if this replica must not
+            hint_headers: tuple[str, ...] = (), table: dict | None = None
+            ) -> tuple | None:
+    """The engine's own guard on fabric hints: (status, reason[, retry-after s]) if this replica must not
     serve the request (already parsed; {} for malformed JSON, which the engine answers).
     ``hint_headers``: the X-Fabric-* hint headers the request carries — on a model's own
-    endpoint the router never sees headers, so a hint there would be ignored: refused instead."""
+    endpoint the router never sees headers, so a hint there would be ignored: refused instead.
+    ``table``: the routing table last seen (its sites and parked ones), to tell a transient 503
+    (a site that may serve it is starting, parked or short of power: Retry-After) from one
+    no site of the fabric can ever lift."""
     if hint_headers:
         return 400, (f"{', '.join(hint_headers)}: a model's own endpoint routes on "
                      f"metadata.fabric_* hints only; send them there, or use a gateway "
@@ -186,7 +193,18 @@ def refusal(request: dict, here: Placement, tier: str = "",
         return None
     wanted = ", ".join(f"{k}={v}" for k, v in (("privacy", hints.privacy), ("region", hints.region))
                        if v not in (None, "none"))
-    return 503, f"no capacity allowed for this request ({wanted}): no replica there can serve it now"
+    table = table or {}
+    edge = set(table.get("edge_sites", ()))
+    sites = [name for name, region in table.get("site_region", {}).items()
+             if allowed(Placement(name, region, name in edge), hints)]
+    if table and not sites:
+        return 503, (f"no capacity allowed for this request ({wanted}): no site of this "
+                     f"fabric is there"), None
+    parked = [name for name in sites if name in table.get("parked", ())]
+    why = f"{', '.join(parked)} parked at low load, starting now" if parked else \
+        "starting or short of power"
+    return 503, (f"no capacity allowed for this request ({wanted}) is serving now ({why}); "
+                 f"retry after {RETRY_NO_CAPACITY_S} s"), RETRY_NO_CAPACITY_S
 
 
 class EngineStats:
@@ -239,6 +257,7 @@ class ReplicaContext:
     policy: str | None = None          # the routing table this replica last saw
     table_version: int | None = None
     counterfactual: dict | None = None  # this site's least_load counterfactual, from the table
+    places: dict | None = None  # the table's site_region, edge_sites and parked (the guard's)
 
 
 _HINT_HEADER_KEYS = frozenset(h.encode() for h in HINT_HEADERS)  # one pass per request
@@ -330,10 +349,11 @@ class _FabricMiddleware:
             return self._record_refusal(scope, request, 400, tenant.name, wall, started)
         refused = refusal(request, self.here, self.ctx.tier,
                           tuple(k.decode() for k, _ in scope.get("headers", ())
-                                if k.lower() in _HINT_HEADER_KEYS))
+                                if k.lower() in _HINT_HEADER_KEYS), self.ctx.places)
         if refused:
-            await self._refuse(send, *refused)
-            return self._record_refusal(scope, request, refused[0], tenant.name, wall, started)
+            status, reason, *retry = refused
+            await self._refuse(send, status, reason, retry_after=retry[0] if retry else None)
+            return self._record_refusal(scope, request, status, tenant.name, wall, started)
         metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
         region = metadata.get("fabric_region")
         over = self.gate.admit(tenant, str(metadata.get("fabric_privacy", "none")),
@@ -548,6 +568,8 @@ class FabricLLMServer(LLMServer):
                     table = await (await actor("scheduler")).routing_table.remote()
                     self._ctx.policy, self._ctx.table_version = table["policy"], table["version"]
                     self._ctx.counterfactual = table.get("counterfactual", {}).get(where["site"])
+                    self._ctx.places = {k: table.get(k) for k in ("site_region", "edge_sites",
+                                                                   "parked")}
                 except Exception:
                     actors.pop("scheduler", None)
             if m.records:

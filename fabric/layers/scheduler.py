@@ -7,7 +7,10 @@ background), and acts back on the sites: a site shed for lack of power headroom 
 power limits lowered to fit its budget, and restored when it is readmitted; a site short of
 power for ``scheduler.drain_after_s`` has its engines stopped (each model's replica target
 lowered within its min/max through Serve's external-scaler API) and restarted when its power is
-back. Table versions are wall-clock milliseconds, so a restarted scheduler's tables still
+back. With ``scheduler.params.park`` (or ``configure(park=True)`` at run time) capacity the
+policy parks at low load has its engines stopped the same way and started again when the
+policy unparks it — under demand, or at once when a request only that site may serve arrives
+(``wake``, from the routers). Table versions are wall-clock milliseconds, so a restarted scheduler's tables still
 supersede the ones routers hold.
 """
 
@@ -37,8 +40,8 @@ SERVE_CONTROLLER, SERVE_NAMESPACE = "SERVE_CONTROLLER_ACTOR", "serve"  # Ray Ser
 class Scheduler:
     def __init__(self, spec_json: str):
         self._spec = FabricSpec.model_validate_json(spec_json)
-        # Parking is planned by the policy; this actor does not yet stop engines for it, so it
-        # stays off here unless the spec asks (the simulator parks and cold-starts capacity).
+        # Parking stops engines (a cold start of tens of seconds to come back): live, it is
+        # the spec's choice (scheduler.params.park), off unless asked; the simulator parks.
         live = {} if "park" in self._spec.scheduler.params else {"park": False}
         self._policy = make_policy(self._spec.scheduler.policy,
                                    **self._spec.scheduler.policy_kwargs(**live))
@@ -72,6 +75,9 @@ class Scheduler:
         self._scale_retry_at: dict[str, float] = {}
         self._factories: dict[str, object] = {}  # site -> AIFactory handle
         self._history: deque = deque(maxlen=600)  # (tick, version, weights): the last minutes
+        self._per_site = {s.name: m.replicas_per_site for m in reversed(self._spec.models)
+                          for _, s in self._spec.hosting_sites(m)}
+        self._released: set[str] = set()  # sites whose engines were stopped for parking
 
     async def _tick_forever(self) -> None:
         while True:
@@ -93,18 +99,28 @@ class Scheduler:
         sites = [site_signals(st, self._edge[st["site"]], self._max_inflight,
                               self._latency[st["site"]], self._figures[st["site"]])
                  for st in self._states]
+        for s in sites:  # parked capacity: released (or booting), with what it has when up
+            if s.name in self._released:
+                if s.replicas:
+                    self._released.discard(s.name)  # its engines serve again
+                else:
+                    s.parked, s.replicas = True, self._per_site.get(s.name, 1)
         return Snapshot(sites=sites, tick=self._ticks)
 
     async def tick(self) -> dict:
         self._snapshot = await self._snapshot_now()
         version = max(int(time.time() * 1000), self._table.version + 1)
         before = set(getattr(self._policy, "shed", ()))
+        parked_before = set(self._table.parked)
         self._table = self._policy.table(self._snapshot, version)
         self._table.counterfactual = counterfactuals(self._snapshot)
         self._ticks += 1
         self._history.append({"tick": self._ticks, "version": version,
                               "weights": dict(self._table.weights)})
         self._log_power_shifts(before, set(getattr(self._policy, "shed", ())))
+        for site in sorted(parked_before ^ set(self._table.parked)):
+            self._log({"action": "park" if site in self._table.parked else "unpark",
+                       "site": site, "tick": self._ticks, "reason": "demand"})
         self._metrics.observe(self._states, self._table.weights, self._table.version, self._groups)
         await self._act_on_power(self._snapshot)
         if self._spec.scheduler.scale_replicas:
@@ -161,7 +177,7 @@ class Scheduler:
         """Start a rescale for each model whose planned target differs from Serve's (one at a
         time per model; it runs beside the tick loop, never inside it)."""
         now = time.time()
-        for model, plan in self._planner.plan(snap, now).items():
+        for model, plan in self._planner.plan(snap, now, frozenset(self._table.parked)).items():
             task = self._scaling.get(model)
             if (task and not task.done()) or plan.target == self._targets.get(model) \
                     or now < self._scale_retry_at.get(model, 0.0):
@@ -201,6 +217,7 @@ class Scheduler:
             await controller.update_deployment_replicas.remote(
                 DeploymentID(name=name, app_name=app), target)
             self._targets[model] = target
+            self._released.update(site for site, _ in stopped if site in self._table.parked)
             self._log({"action": "scale_replicas", "model": model, "from": current,
                        "to": target, "stopped_at": [site for site, _ in stopped],
                        "drained_sites": sorted(self._planner.drained)})
@@ -268,6 +285,28 @@ class Scheduler:
             await self.tick()
         return self._table.model_dump()
 
+    async def wake(self, site: str) -> bool:
+        """A request only ``site`` may serve has come while it is parked: unpark it now (its
+        engines start; the request itself is answered 503 with Retry-After meanwhile)."""
+        unpark = getattr(self._policy, "unpark", None)
+        if unpark is None or not unpark(site):
+            return False
+        self._table.parked = [s for s in self._table.parked if s != site]
+        self._log({"action": "unpark", "site": site, "tick": self._ticks, "reason": "request"})
+        if self._snapshot is not None and self._spec.scheduler.scale_replicas:
+            self._act_on_replicas(self._snapshot)
+        return True
+
+    async def configure(self, **params) -> dict:
+        """Change the policy's parameters at run time (e.g. ``park=True``), validated as at
+        load. Returns the previous values, to restore them."""
+        configure = getattr(self._policy, "configure", None)
+        if configure is None:
+            raise ValueError(f"policy {self._policy.name!r} has no run-time parameters")
+        before = configure(**params)
+        self._log({"action": "configure", "params": params})
+        return before
+
     async def table_history(self, since_tick: int = 0) -> list[dict]:
         """The tables of the last minutes (every tick's weights), oldest first."""
         return [h for h in self._history if h["tick"] > since_tick]
@@ -276,6 +315,8 @@ class Scheduler:
         return {"ticks": self._ticks, "policy": self._policy.name,
                 "replica_targets": dict(self._targets),
                 "drained_sites": sorted(self._planner.drained),
+                "parked_sites": list(self._table.parked),
+                "released_sites": sorted(self._released),
                 "capped_sites": sorted(self._capped),
                 "shed_sites": sorted(getattr(self._policy, "shed", ())),
                 "ramping_sites": sorted(k for k, v in getattr(self._policy, "ramp", {}).items()

@@ -68,6 +68,12 @@ def check_hints(hints: Hints) -> None:
         raise NoAllowedReplica("fabric_privacy=region needs fabric_region")
 
 
+def parked_for(table: RoutingTable, hints: Hints) -> list[str]:
+    """The table's parked sites where the request may run (to wake when nothing else may)."""
+    return [s for s in table.parked
+            if allowed(Placement(s, table.site_region.get(s), s in table.edge_sites), hints)]
+
+
 def session_replica(session: str, replicas: Sequence[R], key: Callable[[R], str]) -> R:
     """Rendezvous hashing: every router instance maps a session to the same replica, with no
     shared state, and a session only moves when its replica leaves the candidate set."""

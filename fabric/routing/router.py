@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, rank_by_table,
-                                 request_hints)
+from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, parked_for,
+                                 rank_by_table, request_hints)
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
 
 logger = logging.getLogger("fabric.router")
@@ -53,6 +54,7 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
         self._wrr = SmoothWeightedRoundRobin()
         self._scheduler = None
         self._refresher: Optional[asyncio.Task] = None
+        self._woken: dict[str, float] = {}  # parked site -> when this router last woke it
 
     def apply_table(self, table: RoutingTable) -> bool:
         """Adopt a table if it is newer than the one held. Returns whether it was adopted."""
@@ -76,8 +78,17 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
         except NoAllowedReplica:
             # Nowhere allowed: hand it to any engine, whose own guard answers an explicit
             # OpenAI-style 503 saying why (a refusal here would reach the client as a bare
-            # proxy error). The guard never serves a request outside its constraints.
+            # proxy error). The guard never serves a request outside its constraints. If a
+            # parked site may serve it, wake that site: the client's retry finds it up.
+            self._wake(parked_for(self.table, hints))
             return [list(candidate_replicas)]
+
+    def _wake(self, sites: list[str]) -> None:
+        now = time.monotonic()
+        for site in sites:
+            if self._scheduler is not None and now - self._woken.get(site, -1e9) > 5.0:
+                self._woken[site] = now
+                self._scheduler.wake.remote(site)  # fire and forget: never wait on it here
 
     def _ensure_refresher(self) -> None:
         if self._refresher is None or self._refresher.done():

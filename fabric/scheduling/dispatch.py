@@ -20,8 +20,11 @@ per tick.
 Capacity follows demand: a site the merit order has not needed for ``park_after_s`` is
 marked parked (its engines can stop and its node be released), cheapest-last, while the
 unparked capacity stays above the demand forecast ``cold_start_s`` ahead (a linear trend)
-plus ``reserve``; a parked site is unparked as soon as that margin needs it. The table lists
-parked sites; the simulator releases them (zero power, a cold start to come back).
+plus ``reserve``; a parked site is unparked as soon as that margin needs it, or when a
+request only it may serve arrives (``unpark``: privacy or region constraints). A site that is
+serving anything (requests in flight, tokens lately) or still booting is never idle. The
+table lists parked sites; the simulator releases them (zero power, a cold start to come
+back), the live scheduler stops their engines (``fabric.scheduling.replicas``).
 """
 
 from __future__ import annotations
@@ -81,6 +84,21 @@ class EconomicDispatch(Policy, name="fabric"):
         self.idle_ticks: dict[str, int] = {}   # site -> ticks the merit order did not need it
         self.parked: set[str] = set()
         self.costs: dict[str, float] = {}      # site -> $/Mtok, as of the last tick
+
+    def configure(self, **params) -> dict:
+        """Change parameters at run time (validated as at load); returns the previous ones."""
+        before = {k: getattr(self.p, k) for k in params if k in DispatchParams.model_fields}
+        self.p = DispatchParams(**{**self.p.model_dump(), **params})
+        return before
+
+    def unpark(self, site: str) -> bool:
+        """A request only ``site`` may serve has come: bring it back now (and keep it for
+        ``park_after_s`` at least). Returns whether it was parked."""
+        self.idle_ticks[site] = 0
+        if site in self.parked:
+            self.parked.discard(site)
+            return True
+        return False
 
     def capacity_rps(self, s: SiteSignals) -> float:
         """Requests/s the site takes within the SLO: its SLO-safe utilisation of its batch
@@ -212,7 +230,9 @@ class EconomicDispatch(Policy, name="fabric"):
             biggest = max(biggest, caps[s.name])
         after = max(1, int(self.p.park_after_s / self.p.tick_s))
         for s in order:
-            if s.name in keep:
+            in_use = s.inflight > 0 or s.tokens_per_s > 0  # e.g. requests only it may serve
+            booting = s.parked and s.name not in self.parked  # unparked, not serving yet
+            if s.name in keep or in_use or booting:
                 self.idle_ticks[s.name] = 0
                 self.parked.discard(s.name)  # needed: unparked now (it takes a cold start)
             else:

@@ -5,7 +5,8 @@ is not — a vLLM engine takes tens of seconds to start again. So a site's repli
 only after it has been short of power (curtailed, or drawing over its budget) for
 ``drain_after_s`` without a break, and come back once its power is back (not curtailed,
 headroom at least ``readmit_headroom`` of its budget: the fabric policy's own readmission
-rule). Targets never leave the spec's [min_replicas, max_replicas]: a model whose minimum
+rule). Capacity the policy parks at low load (``RoutingTable.parked``) is stopped the same
+way, and comes back when the policy unparks it. Targets never leave the spec's [min_replicas, max_replicas]: a model whose minimum
 needs the short site keeps its replica there (serving nothing while shed).
 
 Pure: no Ray. The scheduler actor applies the plan through Serve's external-scaler API.
@@ -68,11 +69,13 @@ class ReplicaPlanner:
                 self.drained.discard(s.name)
             # in between (power back but not enough headroom yet): hold whatever was decided
 
-    def plan(self, snapshot: Snapshot, now: float) -> dict[str, ReplicaPlan]:
+    def plan(self, snapshot: Snapshot, now: float,
+             parked: frozenset[str] = frozenset()) -> dict[str, ReplicaPlan]:
+        """Each model's target with its drained (short of power) and parked hosts stopped."""
         self.observe(snapshot, now)
         out = {}
         for m in self.models:
-            gone = [h for h in m.hosts if h in self.drained]
+            gone = [h for h in m.hosts if h in self.drained or h in parked]
             target = m.clamp(m.per_site * (len(m.hosts) - len(gone)))
             out[m.model] = ReplicaPlan(m.model, target, tuple(gone) if target < m.full else ())
         return out

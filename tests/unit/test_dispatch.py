@@ -104,3 +104,32 @@ def test_capacity_follows_demand_parking_the_dearest_first():
     t = p.table(more, 8)
     assert t.parked == []
     assert t.weights["cheap"] == 1.0 and t.overflow == []  # parked engines take nothing yet
+
+
+def test_a_site_in_use_or_booting_is_not_parked_and_a_request_can_unpark_one():
+    p = make_policy("fabric", tick_s=1.0, park_after_s=2, cold_start_s=0, reserve=0.1)
+    cheap, dear = dict(name="cheap", price=10), dict(name="dear", price=90)
+    # dear serves requests only it may take (in flight there, though the merit order needs
+    # only cheap): never idle, never parked
+    for k in range(1, 6):
+        t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear, inflight=1)]), k)
+    assert t.parked == []
+    for k in range(6, 9):
+        t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear)]), k)
+    assert t.parked == ["dear"]
+    assert p.unpark("dear") and not p.unpark("dear") and p.parked == set()
+    # booting (released, not serving yet): not idle, whatever the demand
+    for k in range(9, 14):
+        t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear, parked=True)]), k)
+    assert t.parked == [] and t.weights.get("dear", 0.0) == 0.0
+
+
+def test_dispatch_parameters_change_at_run_time_validated():
+    p = dispatch()
+    assert p.configure(park=True, park_after_s=10) == {"park": False, "park_after_s": 180.0}
+    assert p.p.park and p.p.park_after_s == 10
+    with pytest.raises(ValueError):
+        p.configure(park_after_s=-1)
+    with pytest.raises(ValueError):
+        p.configure(parkk=True)
+    assert p.p.park_after_s == 10                # a refused change leaves the params as they were

@@ -85,3 +85,10 @@ def test_both_hosts_drained_keeps_min():
     p.plan(snap(a="cut", b="cut"), 0.0)
     plan = p.plan(snap(a="cut", b="cut"), 30.0)["small"]
     assert plan.target == 1 and plan.stop_sites == ("a", "b")  # one of them goes: min 1
+
+
+def test_parked_sites_are_stopped_like_drained_ones_and_come_back_when_unparked():
+    p = planner()
+    assert targets(p.plan(snap(), 0.0, frozenset({"a"}))) == {"small": (1, ("a",)), "large": (1, ())}
+    assert targets(p.plan(snap(), 1.0, frozenset({"c"})))["large"] == (1, ())  # min: the only host
+    assert targets(p.plan(snap(), 2.0))["small"] == (2, ())                    # unparked: back

@@ -143,3 +143,13 @@ def test_router_adopts_only_newer_tables():
     assert router.apply_table(RoutingTable(version=5, weights={"a": 1}))
     assert not router.apply_table(RoutingTable(version=4, weights={"b": 1}))
     assert router.table.weights == {"a": 1}
+
+
+def test_the_parked_sites_a_constrained_request_may_wake():
+    from fabric.routing.pick import parked_for
+    table = RoutingTable(version=1, weights={"cloud-a": 1.0}, parked=["edge-a", "cloud-b"],
+                         site_region={"edge-a": "edge", "cloud-a": "cloud", "cloud-b": "cloud"},
+                         edge_sites=["edge-a"])
+    assert parked_for(table, Hints(privacy="edge")) == ["edge-a"]
+    assert parked_for(table, Hints(region="cloud")) == ["cloud-b"]
+    assert parked_for(table, Hints(region="mars")) == []

@@ -77,8 +77,16 @@ def test_engine_guard_refuses_what_this_replica_may_not_serve():
     pinned = {"metadata": {"fabric_region": "mars"}}
     assert refusal(plain, cloud) is None and refusal({}, cloud) is None
     assert refusal(private, edge) is None
-    status, reason = refusal(private, cloud)
-    assert status == 503 and "privacy=edge" in reason
+    status, reason, retry = refusal(private, cloud)
+    assert status == 503 and "privacy=edge" in reason and retry > 0
     assert refusal(pinned, cloud)[0] == 503 and "region=mars" in refusal(pinned, cloud)[1]
+    # with the table: a parked site that may serve it is named (transient: Retry-After); a
+    # region no site of the fabric is in is a 503 for good (no Retry-After)
+    table = {"site_region": {"edge-a": "edge", "cloud-a": "cloud"}, "edge_sites": ["edge-a"],
+             "parked": ["edge-a"]}
+    status, reason, retry = refusal(private, cloud, table=table)
+    assert status == 503 and "edge-a parked" in reason and retry > 0
+    status, reason, retry = refusal(pinned, cloud, table=table)
+    assert status == 503 and "no site of this fabric is there" in reason and retry is None
     bad = {"metadata": {"fabric_privacy": "region"}}
     assert refusal(bad, edge) == (400, "fabric_privacy=region needs fabric_region")
