@@ -88,6 +88,10 @@ class SimConfig(BaseModel):
     gpu_types: dict[str, GpuType] = Field(default_factory=dict, description="extra GPU types")
     profiles: dict[str, ServingProfile] = Field(default_factory=dict,
                                                 description="per GPU type, replaces the roofline")
+    signals: dict[str, dict[str, float]] = Field(default_factory=dict, description="per site, "
+                                                 "signals the policy sees in place of the simulated "
+                                                 "ones (e.g. the live scheduler's figures, to replay "
+                                                 "its decisions): pue, j_per_token, service_s, ...")
     timeline_bins: int = Field(512, ge=8)
     max_drain_s: float = Field(600.0, ge=0, description="after the last arrival, tick at most this "
                                                           "long for queues to empty")
@@ -100,6 +104,14 @@ class SimConfig(BaseModel):
     @classmethod
     def _known(cls, name: str) -> str:
         return known_policy(name)
+
+    @field_validator("signals")
+    @classmethod
+    def _signal_names(cls, signals: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        bad = sorted({k for v in signals.values() for k in v} - set(SiteSignals.model_fields))
+        if bad:
+            raise ValueError(f"unknown site signals {bad}; known: {sorted(SiteSignals.model_fields)}")
+        return signals
 
     @classmethod
     def from_spec(cls, spec: FabricSpec, **overrides) -> SimConfig:
@@ -286,6 +298,9 @@ class Simulator:
                 f.j_per_token.tolist(), service.tolist(), prefill.tolist(),
                 (~state.serving).tolist(), state.renewable.tolist(),
                 (state.routed_now / self.config.tick_s).tolist(), throughput.tolist())]
+        for s in sites:
+            for key, value in self.config.signals.get(s.name, {}).items():
+                setattr(s, key, value)
         table = self.policy.table(Snapshot.model_construct(sites=sites, tick=k), k + 1)
         w = np.fromiter((table.weights.get(n, 0.0) for n in f.names), float, len(f.names))
         spill = set(table.overflow)
@@ -363,7 +378,7 @@ class _State:
         f = self.f
         work = (np.divide(self.mean_prompt, f.prefill_tok_s, out=np.ones(self.n), where=f.prefill_tok_s > 0)
                 + np.divide(self.mean_output, f.decode_tok_s, out=np.ones(self.n), where=f.decode_tok_s > 0))
-        prefill = self.mean_prompt / f.replica_prefill_tok_s
+        prefill = f.ttft_fixed_s + self.mean_prompt / f.replica_prefill_tok_s
         return prefill + self.mean_output * f.step_s, prefill, 1.0 / np.maximum(work, 1e-9)
 
     def park(self, t0: float) -> None:
@@ -413,7 +428,7 @@ class _State:
             s = final[ok]
             routed = origin >= 0
             self.unroutable += int((~routed).sum())
-            ttft = wait[ok] + prefill[ok] / (f.replica_prefill_tok_s[s] * speed[s])
+            ttft = wait[ok] + (f.ttft_fixed_s[s] + prefill[ok] / f.replica_prefill_tok_s[s]) / speed[s]
             latency = ttft + batch.output[ok] * f.step_s[s] / speed[s]
             met = ttft <= cfg.slo_ttft_s
             if cfg.slo_latency_s is not None:

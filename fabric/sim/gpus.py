@@ -52,6 +52,8 @@ class ServingProfile(BaseModel):
     prefill_tok_s: float = Field(gt=0, description="prompt tokens/s of one replica")
     step_s: float = Field(gt=0, description="one decode step of a full batch (time per output token)")
     batch: int = Field(64, ge=1)
+    ttft_fixed_s: float = Field(0.0, ge=0, description="a request's time to first token beyond "
+                                "its prefill: the request path, tokenisation, one engine step")
 
     @property
     def decode_tok_s(self) -> float:

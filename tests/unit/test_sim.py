@@ -310,3 +310,17 @@ def test_public_csv_traces_are_read_as_published(tmp_path):
     bad.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n")
     with pytest.raises(ValueError, match="datetimes"):
         list(open_trace(bad).batches())
+
+
+def test_a_fixed_time_to_first_token_and_the_signals_the_policy_sees(steady):
+    # the profile's fixed time to a first token (the request path, one engine step) adds to
+    # every TTFT: 0.1 s of prefill (as by hand above) + 0.05 s
+    fixed = {"TEST": PROFILE["TEST"].model_copy(update={"ttft_fixed_s": 0.05})}
+    _, r = run(two_sites(), steady, policy="fabric", profiles=fixed)
+    assert r.ttft_p50_s == pytest.approx(0.15, rel=0.03)
+    assert [s.served for s in r.per_site] == [100, 0]   # the merit order: "cheap" first
+    # the policy ranks on the signals it is given (e.g. the live scheduler's figures)
+    _, r = run(two_sites(), steady, policy="fabric", signals={"cheap": {"j_per_token": 100.0}})
+    assert [s.served for s in r.per_site] == [0, 100]
+    with pytest.raises(ValueError, match="unknown site signals"):
+        SimConfig(signals={"dear": {"j_per_tokn": 1.0}})
