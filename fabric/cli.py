@@ -236,7 +236,7 @@ def serve_config_cmd(spec_path: Optional[Path] = SpecOpt, model: Optional[str] =
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context, name: str = typer.Argument(..., help="scheduler | agents | policies | gpu_smoke")) -> None:
+def bench(ctx: typer.Context, name: str = typer.Argument(..., help="a file of bench/: scheduler, agents, policies, sim_vs_live, overhead, …")) -> None:
     """Run a benchmark from bench/ (extra arguments go to it; `fabric bench NAME --help`)."""
     import subprocess
     import sys

@@ -10,8 +10,8 @@ lowered within its min/max through Serve's external-scaler API) and restarted wh
 back. With ``scheduler.params.park`` (or ``configure(park=True)`` at run time) capacity the
 policy parks at low load has its engines stopped the same way and started again when the
 policy unparks it — under demand, or at once when a request only that site may serve arrives
-(``wake``, from the routers). Table versions are wall-clock milliseconds, so a restarted scheduler's tables still
-supersede the ones routers hold.
+(``wake``, from the routers). Table versions are wall-clock milliseconds, so a restarted
+scheduler's tables still supersede the ones routers hold.
 """
 
 from __future__ import annotations

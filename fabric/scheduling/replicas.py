@@ -6,8 +6,9 @@ only after it has been short of power (curtailed, or drawing over its budget) fo
 ``drain_after_s`` without a break, and come back once its power is back (not curtailed,
 headroom at least ``readmit_headroom`` of its budget: the fabric policy's own readmission
 rule). Capacity the policy parks at low load (``RoutingTable.parked``) is stopped the same
-way, and comes back when the policy unparks it. Targets never leave the spec's [min_replicas, max_replicas]: a model whose minimum
-needs the short site keeps its replica there (serving nothing while shed).
+way, and comes back when the policy unparks it. Targets never leave the spec's
+[min_replicas, max_replicas]: a model whose minimum needs the short site keeps its replica
+there (serving nothing while shed).
 
 Pure: no Ray. The scheduler actor applies the plan through Serve's external-scaler API.
 """
