@@ -105,6 +105,7 @@ class Scheduler:
                     self._released.discard(s.name)  # its engines serve again
                 else:
                     s.parked, s.replicas = True, self._per_site.get(s.name, 1)
+                    s.model = self._groups.get(s.name, "")  # no engine reports it now
         return Snapshot(sites=sites, tick=self._ticks)
 
     async def tick(self) -> dict:

@@ -28,7 +28,7 @@ def counterfactuals(snapshot: Snapshot) -> dict[str, dict]:
     weights = make_policy("least_load").weights(Snapshot(sites=serving))
     by_model: dict[str, list[SiteSignals]] = {}
     for s in serving:
-        by_model.setdefault(s.engines[0].model if s.engines else "", []).append(s)
+        by_model.setdefault(s.serves, []).append(s)
     out = {}
     for sites in by_model.values():
         total = sum(weights.get(s.name, 0.0) for s in sites) or 1.0

@@ -22,8 +22,8 @@ marked parked (its engines can stop and its node be released), cheapest-last, wh
 unparked capacity stays above the demand forecast ``cold_start_s`` ahead (a linear trend)
 plus ``reserve``; a parked site is unparked as soon as that margin needs it, or when a
 request only it may serve arrives (``unpark``: privacy or region constraints). A site that is
-serving anything (requests in flight, tokens lately) or still booting is never idle. The
-table lists parked sites; the simulator releases them (zero power, a cold start to come
+serving anything (requests in flight, tokens lately), or booting after a request woke it, is
+never idle. The table lists parked sites; the simulator releases them (zero power, a cold start to come
 back), the live scheduler stops their engines (``fabric.scheduling.replicas``).
 """
 
@@ -83,6 +83,7 @@ class EconomicDispatch(Policy, name="fabric"):
         self.groups: dict[str, _Group] = {}
         self.idle_ticks: dict[str, int] = {}   # site -> ticks the merit order did not need it
         self.parked: set[str] = set()
+        self.woken: set[str] = set()           # unparked for a request, not serving yet
         self.costs: dict[str, float] = {}      # site -> $/Mtok, as of the last tick
 
     def configure(self, **params) -> dict:
@@ -97,6 +98,7 @@ class EconomicDispatch(Policy, name="fabric"):
         self.idle_ticks[site] = 0
         if site in self.parked:
             self.parked.discard(site)
+            self.woken.add(site)
             return True
         return False
 
@@ -152,7 +154,7 @@ class EconomicDispatch(Policy, name="fabric"):
         live = power_gate(serving, self.shed, self.ramp, self.p.readmit_headroom)
         by_model: dict[str, list[SiteSignals]] = {}
         for s in serving:
-            by_model.setdefault(s.engines[0].model if s.engines else "", []).append(s)
+            by_model.setdefault(s.serves, []).append(s)
         out: dict[str, float] = {}
         for model, sites in by_model.items():
             out.update(self._dispatch(self.groups.setdefault(model, _Group()), sites))
@@ -231,7 +233,9 @@ class EconomicDispatch(Policy, name="fabric"):
         after = max(1, int(self.p.park_after_s / self.p.tick_s))
         for s in order:
             in_use = s.inflight > 0 or s.tokens_per_s > 0  # e.g. requests only it may serve
-            booting = s.parked and s.name not in self.parked  # unparked, not serving yet
+            booting = s.name in self.woken and s.parked  # woken for a request, still starting
+            if not s.parked:
+                self.woken.discard(s.name)
             if s.name in keep or in_use or booting:
                 self.idle_ticks[s.name] = 0
                 self.parked.discard(s.name)  # needed: unparked now (it takes a cold start)

@@ -52,8 +52,15 @@ class SiteSignals(BaseModel):
     prefill_s: float = Field(0.0, ge=0, description="a mean request's TTFT with no wait")
     requests_per_s: float = Field(0.0, ge=0, description="requests routed here per second, lately")
     parked: bool = Field(False, description="its capacity is released (engines stopped)")
+    model: str = Field("", description="the model it serves, where no engine reports it "
+                       "(e.g. parked); else its engines say")
     extra: dict[str, float] = Field(default_factory=dict, description="any other signal by "
                                     "name (e.g. renewable_share, wue_l_per_kwh), for scorers")
+
+    @property
+    def serves(self) -> str:
+        """The model this site's engines serve: merit orders and counterfactuals never mix models."""
+        return self.model or (self.engines[0].model if self.engines else "")
 
     @property
     def headroom_w(self) -> float:

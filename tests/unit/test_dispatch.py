@@ -118,10 +118,14 @@ def test_a_site_in_use_or_booting_is_not_parked_and_a_request_can_unpark_one():
         t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear)]), k)
     assert t.parked == ["dear"]
     assert p.unpark("dear") and not p.unpark("dear") and p.parked == set()
-    # booting (released, not serving yet): not idle, whatever the demand
+    # booting after the request woke it (released, not serving yet): not idle, whatever the
+    # demand; once up and unused it parks again
     for k in range(9, 14):
         t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear, parked=True)]), k)
     assert t.parked == [] and t.weights.get("dear", 0.0) == 0.0
+    for k in range(14, 17):
+        t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear)]), k)
+    assert t.parked == ["dear"]
 
 
 def test_dispatch_parameters_change_at_run_time_validated():
@@ -133,3 +137,17 @@ def test_dispatch_parameters_change_at_run_time_validated():
     with pytest.raises(ValueError):
         p.configure(parkk=True)
     assert p.p.park_after_s == 10                # a refused change leaves the params as they were
+
+
+def test_a_parked_site_no_engine_reports_stays_in_its_models_merit_order():
+    p = make_policy("fabric", tick_s=1.0, park_after_s=2, cold_start_s=0, reserve=0.1)
+    cheap, dear = dict(name="cheap", price=10), dict(name="dear", price=90)
+    for k in range(1, 5):
+        t = p.table(Snapshot(sites=[site(**cheap, rps=1), site(**dear)]), k)
+    assert t.parked == ["dear"]
+    # its engine stopped and forgotten: the scheduler names its model; it must not become a
+    # merit order of its own (which would need it, and unpark it)
+    gone = site(**dear, parked=True).model_copy(update={"engines": [], "model": "m"})
+    for k in range(5, 10):
+        t = p.table(Snapshot(sites=[site(**cheap, rps=1), gone]), k)
+    assert t.parked == ["dear"]
