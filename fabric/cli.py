@@ -37,10 +37,19 @@ def _load(spec_path: Optional[Path], port: Optional[int]):
     return spec
 
 
-def _sigterm_as_interrupt() -> None:
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (`fabric down`) asked the command to stop. A subclass, not a plain
+    KeyboardInterrupt: CPython exits by SIGINT (status -2), even after the interrupt was
+    handled, when a plain one passed through exec()'d code (imports and dataclasses run some)."""
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise `Stopped` (SIGINT stays ignored where the shell ignores it)."""
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Stopped
     signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, handler)
 
 
 @app.command("build-model")
@@ -76,7 +85,7 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
     from fabric.runtime import quiet_output, running_fabric
 
     spec = _load(spec_path, port)
-    _sigterm_as_interrupt()
+    _stop_on_signals()
     log = str(log_file or Path(tempfile.gettempdir()) / f"token-fabric-demo-{os.getpid()}.log")
     console.print(f"[bold]token-fabric demo[/] — spec [cyan]{spec.name}[/], "
                   f"regions {', '.join(r.name for r in spec.regions)}; Ray/vLLM output → {log}")
@@ -91,7 +100,7 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
                     status.update(msg)
 
                 with running_fabric(spec, model=model, address=address, step=step) as fab:
-                    _sigterm_as_interrupt()  # again: connecting to Ray installed its own handler
+                    _stop_on_signals()  # again: connecting to Ray installed its own handler
                     status.stop()
                     out.log(f"fabric up at [cyan]{fab.base_url}[/] "
                             f"(deploy {fab.timings.get('deploy_s', 0):.0f} s)")
@@ -149,7 +158,7 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
     from fabric.status import clear_run, record_run
 
     spec = _load(spec_path, port)
-    _sigterm_as_interrupt()
+    _stop_on_signals()
     log = str(log_file or Path(tempfile.gettempdir()) / f"token-fabric-{os.getpid()}.log")
     try:
         with quiet_output(log) as terminal:
@@ -160,7 +169,7 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
                             "base_url": fab.base_url,
                             "regional_urls": fab.regional_urls, "pid": os.getpid(),
                             "spec": spec.name})
-                _sigterm_as_interrupt()  # again: connecting to Ray installed its own handler
+                _stop_on_signals()  # again: connecting to Ray installed its own handler
                 out.print(f"[bold green]serving[/] OpenAI API at [cyan]{fab.base_url}[/] "
                           f"(model {spec.model.id}); Ray/vLLM output → {log}; Ctrl-C stops")
                 for region, url in fab.regional_urls.items():
@@ -387,10 +396,10 @@ def agents_run(workload: str = typer.Argument(..., help="workload name (see `fab
         console.print("[red]error:[/] no running fabric found; start one with `fabric up`, "
                       "or pass --address and --url")
         raise typer.Exit(1)
-    _sigterm_as_interrupt()
+    _stop_on_signals()
     try:
         connect(address)
-        _sigterm_as_interrupt()  # after connecting: Ray installs its own handler
+        _stop_on_signals()  # after connecting: Ray installs its own handler
         report = run_swarm(wl, agents=n, duration_s=duration, base_url=url, api_key=api_key,
                            swarms=swarms, seed=seed, console=console)
     except (ClusterError, RuntimeError, ValueError) as exc:

@@ -71,3 +71,30 @@ def test_down_without_a_running_fabric(tmp_path, monkeypatch):
     r = runner.invoke(app, ["down"])
     assert r.exit_code == 0 and "no longer running" in r.output
     assert not (tmp_path / "run" / "current.json").exists()
+
+
+def test_a_handled_stop_signal_exits_zero_even_inside_exec_code(tmp_path):
+    """Ctrl-C / SIGTERM land wherever the main thread is, often in code an import runs through
+    exec(); a handled stop must still exit 0 (a plain KeyboardInterrupt there exits -2)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "stop.py"
+    script.write_text(
+        "import sys, time\n"
+        "from fabric.cli import _stop_on_signals\n"
+        "_stop_on_signals()\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    exec('import time\\nfor _ in range(600): time.sleep(0.1)')\n"
+        "except KeyboardInterrupt as exc:\n"
+        "    print('stopped', type(exc).__name__, flush=True)\n")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)  # inside the exec()'d loop
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopped Stopped" in out, (sig, proc.returncode, out)
