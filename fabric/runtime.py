@@ -127,7 +127,11 @@ def teardown(cluster: LocalCluster | None, keep_pids: set[int], delete_only: boo
             with contextlib.suppress(Exception):
                 stop_layers()
         started = [p for p in _descendants() if p.pid not in keep_pids]
-        with contextlib.suppress(Exception):  # let engines hand over their last usage records
+        # let engines hand over their last usage records (only if connected: Ray's get_actor
+        # would otherwise connect to whatever cluster this machine last started, and hang)
+        with contextlib.suppress(Exception):
+            if not ray.is_initialized():
+                raise RuntimeError("not connected")
             from fabric.layers.naming import NAMESPACE
             from fabric.metering.ledger import LEDGER_NAME
             time.sleep(1.0)
