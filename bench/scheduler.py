@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from fabric.routing.pick import Hints, Placement, rank_by_table
+from fabric.routing.pick import Hints, Placement, RankCache, rank_by_table
 from fabric.scheduling.policies import POLICIES, make_policy
 from fabric.scheduling.signals import SiteSignals, Snapshot
 from fabric.scheduling.table import SmoothWeightedRoundRobin
@@ -38,6 +38,14 @@ def snapshot(n_sites: int, rng: random.Random) -> Snapshot:
         inflight=rng.randint(0, 300), max_inflight_per_replica=64) for i in range(n_sites)])
 
 
+def where(r) -> Placement:
+    return r.p
+
+
+def key(r) -> str:
+    return r.p.site + str(id(r))
+
+
 def main() -> dict:
     rng = random.Random(0)
     picks = []
@@ -46,12 +54,18 @@ def main() -> dict:
         table = make_policy("fabric").table(snap, 1)
         replicas = [SimpleNamespace(p=Placement(site=s.name, region=s.region, edge=s.edge))
                     for s in snap.sites for _ in range(max(1, s.replicas))][:4000]
-        wrr = SmoothWeightedRoundRobin()
-        fabric = per_second(lambda: rank_by_table(table, wrr, replicas, lambda r: r.p, Hints()))
-        edge = per_second(lambda: rank_by_table(table, wrr, replicas, lambda r: r.p, Hints(privacy="edge")))
+        wrr, cache = SmoothWeightedRoundRobin(), RankCache()  # as the router holds them
+        fabric = per_second(lambda: rank_by_table(table, wrr, replicas, where, Hints(), cache=cache))
+        edge = per_second(lambda: rank_by_table(table, wrr, replicas, where, Hints(privacy="edge"),
+                                                cache=cache))
+        sessions = iter(range(10**9))
+        session = per_second(lambda: rank_by_table(table, wrr, replicas, where, Hints(),
+                                                   f"agent-{next(sessions) % 1000}", key, cache))
+        uncached = per_second(lambda: rank_by_table(table, wrr, replicas, where, Hints()), 0.2)
         base = per_second(lambda: random.choice(replicas))
         picks.append({"sites": n_sites, "replicas": len(replicas), "fabric_picks_per_s": round(fabric),
-                      "edge_only_picks_per_s": round(edge), "baseline_picks_per_s": round(base),
+                      "edge_only_picks_per_s": round(edge), "session_picks_per_s": round(session),
+                      "uncached_picks_per_s": round(uncached), "baseline_picks_per_s": round(base),
                       "fabric_vs_baseline": round(fabric / base, 4)})
     tables = []
     for n_sites in (10, 100, 1000):
@@ -68,10 +82,13 @@ def main() -> dict:
         tables.append(row)
 
     print("hot path: picks per second (one pick per request)")
-    print(f"{'sites':>6} {'replicas':>9} {'fabric':>10} {'edge-only':>10} {'random':>10} {'ratio':>7}")
+    print(f"{'sites':>6} {'replicas':>9} {'fabric':>10} {'edge-only':>10} {'sessions':>10} "
+          f"{'no cache':>10} {'random':>10} {'ratio':>7}")
     for r in picks:
         print(f"{r['sites']:>6} {r['replicas']:>9} {r['fabric_picks_per_s']:>10} "
-              f"{r['edge_only_picks_per_s']:>10} {r['baseline_picks_per_s']:>10} {r['fabric_vs_baseline']:>7}")
+              f"{r['edge_only_picks_per_s']:>10} {r['session_picks_per_s']:>10} "
+              f"{r['uncached_picks_per_s']:>10} {r['baseline_picks_per_s']:>10} {r['fabric_vs_baseline']:>7}")
+    print("targets (issue 17): >= 200k picks/s at 10 sites, >= 100k at 1,000 sites (fabric column)")
     print("\ntable computation per tick (ms)")
     names = sorted(POLICIES)
     print(f"{'sites':>6} " + " ".join(f"{n:>16}" for n in names))

@@ -5,7 +5,7 @@ ingress request router that HAProxy asks), so the fabric's decision adds no hop 
 data path. The table is refreshed in the background; a routing decision never waits on
 the scheduler, and keeps using the last table if the scheduler is down (fail-static).
 Sessions (``x-session-id``) stick to one replica while its site takes traffic — the same one
-from every router instance (rendezvous hashing) — so vLLM's prefix cache already holds the
+from every router instance (consistent hashing) — so vLLM's prefix cache already holds the
 conversation at each step.
 """
 
@@ -18,7 +18,7 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
-from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, parked_for,
+from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, RankCache, parked_for,
                                  rank_by_table, request_hints)
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
 
@@ -52,6 +52,7 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
         self._refresh_s = refresh_s
         self.table = RoutingTable()
         self._wrr = SmoothWeightedRoundRobin()
+        self._ranks = RankCache()  # per replica list and table: a pick does not scan the fleet
         self._scheduler = None
         self._refresher: Optional[asyncio.Task] = None
         self._woken: dict[str, float] = {}  # parked site -> when this router last woke it
@@ -74,7 +75,7 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
             session = getattr(pending_request.metadata, "session_id", "") or ""
         try:
             return rank_by_table(self.table, self._wrr, candidate_replicas, replica_placement,
-                                 hints, session, _replica_key)
+                                 hints, session, _replica_key, self._ranks)
         except NoAllowedReplica:
             # Nowhere allowed: hand it to any engine, whose own guard answers an explicit
             # OpenAI-style 503 saying why (a refusal here would reach the client as a bare

@@ -6,6 +6,7 @@ never waits for a new one (fail-static: if the scheduler is gone, the last table
 
 from __future__ import annotations
 
+import heapq
 from functools import cached_property
 
 from pydantic import BaseModel, Field
@@ -40,24 +41,43 @@ class RoutingTable(BaseModel):
 
 
 class SmoothWeightedRoundRobin:
-    """Nginx's smooth weighted round-robin: deterministic, evenly interleaved picks.
+    """Deterministic, evenly interleaved weighted picks in O(log sites) (stride scheduling).
 
-    With weights {a: 1, b: 1} it alternates a, b, a, b; with {a: 3, b: 1} it yields
-    a, a, b, a — never long runs, so short tests see the intended shares.
+    Each key's next pick is due at a virtual time ``base + (n + 1) / weight``; the earliest
+    due key (ties by name) goes next. With weights {a: 1, b: 1} it alternates a, b, a, b;
+    with {a: 3, b: 1} it yields a, a, b, a — never long runs, so short tests see the intended
+    shares. A new weights dict keeps each key's position (a table republished every tick
+    does not restart the sequence); the same dict object is recognised without a scan, so a
+    pick does not grow with the fleet.
     """
 
     def __init__(self) -> None:
-        self._current: dict[str, float] = {}
+        self._given: dict[str, float] = {}  # the dict last asked with (recognised by identity)
+        self._weights: dict[str, float] = {}  # its positive weights
+        self._state: dict[str, list[float]] = {}  # key -> [base, n]
+        self._heap: list[tuple[float, str]] = []
+        self._now = 0.0
+
+    def _adopt(self, weights: dict[str, float]) -> None:
+        self._given = weights
+        old, state, weights = self._weights, {}, {k: w for k, w in weights.items() if w > 0}
+        for key, weight in weights.items():
+            last = self._now
+            if key in self._state:  # its last pick; never overdue after a raise (no burst)
+                base, n = self._state[key]
+                last = max(base + n / old[key], self._now - 1 / weight)
+            state[key] = [last, 0]
+        self._weights, self._state = weights, state
+        self._heap = sorted((b + 1 / weights[k], k) for k, (b, _) in state.items())
 
     def pick(self, weights: dict[str, float]) -> str | None:
-        if not weights:
+        if weights is not self._given and weights != self._given:
+            self._adopt(weights)
+        if not self._heap:
             return None
-        total = sum(weights.values())
-        for key, weight in weights.items():
-            self._current[key] = self._current.get(key, 0.0) + weight
-        best = max(sorted(weights), key=lambda k: self._current[k])
-        self._current[best] -= total
-        for key in list(self._current):
-            if key not in weights:
-                del self._current[key]
-        return best
+        due, key = self._heap[0]
+        st = self._state[key]
+        st[1] += 1
+        heapq.heapreplace(self._heap, (st[0] + (st[1] + 1) / self._weights[key], key))
+        self._now = due
+        return key

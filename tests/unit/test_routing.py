@@ -153,3 +153,53 @@ def test_the_parked_sites_a_constrained_request_may_wake():
     assert parked_for(table, Hints(privacy="edge")) == ["edge-a"]
     assert parked_for(table, Hints(region="cloud")) == ["cloud-b"]
     assert parked_for(table, Hints(region="mars")) == []
+
+
+def test_a_shared_rank_cache_ranks_exactly_as_without_one():
+    import random
+
+    from fabric.routing.pick import RankCache
+    rng = random.Random(3)
+    names = [f"s{i}" for i in range(12)]
+    for name in names:
+        SITES.setdefault(name, (f"r{int(name[1:]) % 3}", int(name[1:]) % 4 == 0))
+    reps = replicas(*[rng.choice(names) for _ in range(40)])
+    key = lambda r: str(r.id)  # noqa: E731
+    cache, plain, cached = RankCache(), SmoothWeightedRoundRobin(), SmoothWeightedRoundRobin()
+    for version in range(1, 6):
+        table = RoutingTable(version=version, weights={n: rng.choice([0, 0.5, 1, 3]) for n in names},
+                             overflow=rng.sample(names, 3))
+        for step in range(60):
+            hints = rng.choice([Hints(), Hints(privacy="edge"), Hints(region="r1")])
+            session = rng.choice(["", "", "a", "b", f"x{step}"])
+            want = rank_by_table(table, plain, reps, where, hints, session, key)
+            got = rank_by_table(table, cached, reps, where, hints, session, key, cache)
+            assert [list(r) for r in got] == [list(r) for r in want]
+    changed = reps[:10]  # a new replica list object is grouped afresh
+    assert {r.site for rk in rank_by_table(table, cached, changed, where, cache=cache)
+            for r in rk} <= {r.site for r in changed}
+
+
+def test_replicas_without_a_site_yet_are_grouped_again_next_time():
+    from fabric.routing.pick import RankCache
+    reps = replicas("edge-a", "cloud-a")
+    known = {0}
+    placed = lambda r: where(r) if r.id in known else Placement(site=None, region=None)  # noqa: E731
+    cache, wrr = RankCache(), SmoothWeightedRoundRobin()
+    table = RoutingTable(version=1, weights={"edge-a": 1, "cloud-a": 1})
+    first = {r.site for r in rank_by_table(table, wrr, reps, placed, cache=cache)[0]}
+    known.add(1)  # its metadata arrives; Serve's list is the same object
+    seen = {r.site for _ in range(4) for r in rank_by_table(table, wrr, reps, placed, cache=cache)[0]}
+    assert first <= {"edge-a", None} and seen == {"edge-a", "cloud-a"}
+
+
+def test_round_robin_keeps_its_place_when_the_same_weights_come_again_as_a_new_table():
+    wrr = SmoothWeightedRoundRobin()
+    picks = Counter(wrr.pick({"a": 3, "b": 1}) for _ in range(400))  # a fresh dict every pick
+    assert picks == {"a": 300, "b": 100}
+    wrr = SmoothWeightedRoundRobin()
+    for _ in range(50):
+        wrr.pick({"a": 1, "b": 0.01})
+    burst = [wrr.pick({"a": 1, "b": 1}) for _ in range(6)]  # b's weight raised: no run of b
+    assert Counter(burst) == {"a": 3, "b": 3}
+    assert wrr.pick({"a": 0}) is None
