@@ -324,11 +324,10 @@ def _serve_ray_llm(spec: dict) -> None:
     ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False,
              log_to_driver=False, logging_level="ERROR")
     try:
-        from ray.llm._internal.serve import constants as llm_constants
-        from ray.serve._private import constants as serve_constants
+        from fabric.internals import data_path_flags
 
-        print(f"direct streaming={llm_constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING} "
-              f"haproxy={serve_constants.RAY_SERVE_ENABLE_HA_PROXY}", flush=True)
+        flags = data_path_flags()
+        print(f"direct streaming={flags['direct_streaming']} haproxy={flags['haproxy']}", flush=True)
         serve.start(http_options={"host": "127.0.0.1", "port": spec["port"]},
                     proxy_location="HeadOnly")
         config = LLMConfig(

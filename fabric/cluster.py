@@ -52,10 +52,10 @@ def _loopback_only() -> None:
     """Keep a one-machine cluster on 127.0.0.1. By default Ray swaps loopback for the host's
     outward address (so other machines could join); a local cluster has no other machines.
     Ray reads this switch at import in the driver and at start-up in every process it spawns."""
-    import ray._private.ray_constants as ray_constants
+    from fabric.internals import loopback_only
 
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    loopback_only()
 
 
 def port_in_use(host: str, port: int) -> bool:

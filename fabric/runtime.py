@@ -9,6 +9,7 @@ left behind — also after Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -68,6 +69,11 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
             cluster = LocalCluster(spec, dashboard=dashboard).start()
             connect(cluster.address, node_ip=LOCAL_IP)
         timings["cluster_s"] = time.perf_counter() - t
+        from fabric.internals import hooks_report
+        broken = hooks_report()  # an upgrade that moved an internal: say so now, not in a metric
+        if broken:
+            logging.getLogger("fabric").warning(broken)
+            step(f"warning: {broken}")
 
         from fabric.layers.distribution import deploy, warm_up
         from fabric.layers.scheduler import start_scheduler

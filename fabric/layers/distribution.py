@@ -30,12 +30,9 @@ def model_urls(spec: FabricSpec) -> dict[str, str]:
 
 
 def check_data_path() -> None:
-    from ray.llm._internal.serve import constants as llm_constants
-    from ray.serve._private import constants as serve_constants
+    from fabric.internals import data_path_flags
 
-    if not (serve_constants.RAY_SERVE_ENABLE_HA_PROXY
-            and llm_constants.RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING
-            and serve_constants.RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY):
+    if not all(data_path_flags().values()):
         raise RuntimeError("Ray Serve was imported before fabric, so the no-hop data path "
                            "(direct streaming + HAProxy) is off: import fabric first")
 

@@ -219,21 +219,14 @@ class EngineStats:
     def attach(self, engine) -> bool:
         """Wrap the engine's stat-logger manager; False where its stats are off or unreachable
         (then the signals say unknown, never a made-up value)."""
-        manager = getattr(getattr(engine, "_engine_client", None), "logger_manager", None)
-        record = getattr(manager, "record", None)
-        if record is None:
-            return False
+        from fabric.internals import wrap_stat_logger
 
-        def record_and_keep(*args, **kwargs):
-            stats = kwargs.get("scheduler_stats", args[0] if args else None)
-            if stats is not None:
-                self.running = getattr(stats, "num_running_reqs", None)
-                self.waiting = getattr(stats, "num_waiting_reqs", None)
-                self.kv_cache_usage = getattr(stats, "kv_cache_usage", None)
-            return record(*args, **kwargs)
+        return wrap_stat_logger(engine, self.keep)
 
-        manager.record = record_and_keep
-        return True
+    def keep(self, stats) -> None:
+        self.running = getattr(stats, "num_running_reqs", None)
+        self.waiting = getattr(stats, "num_waiting_reqs", None)
+        self.kv_cache_usage = getattr(stats, "kv_cache_usage", None)
 
     def as_dict(self) -> dict:
         return {"running": self.running, "waiting": self.waiting,
@@ -500,7 +493,7 @@ class FabricLLMServer(LLMServer):
         return self._where()
 
     async def __serve_build_asgi_app__(self):
-        from ray.llm._internal.serve.core.server.llm_server import _add_middleware_to_built_app
+        from fabric.internals import add_middleware
 
         app = await super().__serve_build_asgi_app__()
         where = self._where()
@@ -518,8 +511,8 @@ class FabricLLMServer(LLMServer):
         from fabric.metrics import EngineMetrics
 
         metrics = EngineMetrics(where["region"], where["site"], self._llm_config.model_id)
-        _add_middleware_to_built_app(app, _FabricMiddleware, headers=headers, meter=self._meter,
-                                     here=here, ctx=self._ctx, gate=gate, metrics=metrics)
+        add_middleware(app, _FabricMiddleware, headers=headers, meter=self._meter,
+                       here=here, ctx=self._ctx, gate=gate, metrics=metrics)
         self._stats = EngineStats()
         self._stats.attach(self.engine)
         self._background = asyncio.get_running_loop().create_task(self._report(where))

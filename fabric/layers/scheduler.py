@@ -27,13 +27,12 @@ from fabric.layers.distribution import model_app_name
 from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
 from fabric.scheduling.policies import make_policy
 from fabric.scheduling.replicas import ModelReplicas, ReplicaPlan, ReplicaPlanner
+from fabric import internals
 from fabric.scheduling.capacity import power_cap_w
 from fabric.scheduling.counterfactual import counterfactuals
 from fabric.scheduling.signals import Snapshot, site_signals
 from fabric.scheduling.table import RoutingTable
 from fabric.spec import ROLE_LABEL, FabricSpec
-
-SERVE_CONTROLLER, SERVE_NAMESPACE = "SERVE_CONTROLLER_ACTOR", "serve"  # Ray Serve's own names
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -187,7 +186,6 @@ class Scheduler:
                 self._rescale(model, plan))
 
     async def _rescale(self, model: str, plan: ReplicaPlan) -> None:
-        from ray.serve._private.common import DeploymentID
         try:
             app = self._apps[model]
             found = await self._deployment(app, model)
@@ -214,9 +212,8 @@ class Scheduler:
                 if not stopped:
                     return  # none idle (or none reporting) yet: try again next tick
                 target = current - len(stopped)  # never let Serve choose what else to stop
-            controller = ray.get_actor(SERVE_CONTROLLER, namespace=SERVE_NAMESPACE)
-            await controller.update_deployment_replicas.remote(
-                DeploymentID(name=name, app_name=app), target)
+            await internals.serve_controller().update_deployment_replicas.remote(
+                internals.deployment_id(name, app), target)
             self._targets[model] = target
             self._released.update(site for site, _ in stopped if site in self._table.parked)
             self._log({"action": "scale_replicas", "model": model, "from": current,
@@ -230,7 +227,7 @@ class Scheduler:
     async def _deployment(self, app: str, model: str) -> tuple[str, dict] | None:
         """The model's engine deployment as Serve holds it: (name, details), None if absent."""
         try:
-            controller = ray.get_actor(SERVE_CONTROLLER, namespace=SERVE_NAMESPACE)
+            controller = internals.serve_controller()
         except ValueError:
             return None
         details = await controller.get_serve_instance_details.remote()
@@ -260,8 +257,7 @@ class Scheduler:
         chosen = [(site, rid) for site, rid in first if (site, rid) in still and rid in running]
         chosen = chosen[:count]
         for _, rid in chosen:
-            ray.kill(ray.get_actor(running[rid]["actor_name"], namespace=SERVE_NAMESPACE),
-                     no_restart=True)
+            internals.kill_replica(running[rid]["actor_name"])
         ids = {rid for _, rid in chosen}
         deadline = time.monotonic() + 90.0
         while ids:

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
+from fabric.internals import request_payload, request_session
 from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, RankCache, parked_for,
                                  rank_by_table, request_hints)
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
@@ -70,9 +71,8 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
         self._ensure_refresher()
         hints, session = Hints(), ""
         if pending_request is not None:
-            if pending_request.args:
-                hints = request_hints(pending_request.args[0])
-            session = getattr(pending_request.metadata, "session_id", "") or ""
+            hints = request_hints(request_payload(pending_request))
+            session = request_session(pending_request)
         try:
             return rank_by_table(self.table, self._wrr, candidate_replicas, replica_placement,
                                  hints, session, _replica_key, self._ranks)

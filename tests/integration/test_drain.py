@@ -38,8 +38,8 @@ def engines(status, model):
 
 def serve_replicas(model):
     """(target, RUNNING replica ids) of the model's engine deployment, as Serve holds them."""
-    controller = ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
-    details = ray.get(controller.get_serve_instance_details.remote())
+    from fabric.internals import serve_controller
+    details = ray.get(serve_controller().get_serve_instance_details.remote())
     for app in details["applications"].values():
         for name, dep in app["deployments"].items():
             if name == model or name.endswith(":" + model):

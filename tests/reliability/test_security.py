@@ -9,10 +9,11 @@ from urllib.parse import urlparse
 import httpx
 import psutil
 import pytest
-import ray
 import yaml
 
 from conftest import tenant_key
+
+from fabric.internals import session_dir
 from fabric.spec import default_spec_path
 
 pytestmark = pytest.mark.integration
@@ -31,7 +32,7 @@ def test_raw_keys_are_neither_stored_nor_logged(fabric):
     assert post(fabric, "fabric-local").status_code == 200
     spec_text = Path(default_spec_path()).read_text()
     assert "fabric-local" not in yaml.safe_load(spec_text)["tenants"].__repr__()  # hashes only
-    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    session = Path(session_dir())
     ledger = Path(fabric.ledger_path)
     leaked = []
     for root in (session / "logs", ledger):

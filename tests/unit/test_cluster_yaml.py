@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cluster_yaml_is_valid_for_ray():
-    from ray.autoscaler._private.util import fillout_defaults, validate_config
+    from fabric.internals import validate_cluster_config
 
-    validate_config(fillout_defaults(yaml.safe_load((ROOT / "cluster.yaml").read_text())))
+    validate_cluster_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()))
 
 
 def test_cluster_yaml_node_types_match_example_global_spec():
