@@ -65,6 +65,18 @@ def add_machine_args(ap) -> None:
     ap.add_argument("--retries", type=int, default=2, help="repeats of a disturbed level")
 
 
+def load_seam():
+    """fabric/internals.py on its own: the baselines use Ray's internals through it too, but
+    importing the fabric package would switch Serve's data path on."""
+    import importlib.util
+
+    seam = importlib.util.spec_from_file_location("fabric_internals",
+                                                  REPO / "fabric" / "internals.py")
+    module = importlib.util.module_from_spec(seam)
+    seam.loader.exec_module(module)
+    return module
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -324,9 +336,7 @@ def _serve_ray_llm(spec: dict) -> None:
     ray.init(address="local", num_cpus=spec["num_cpus"], include_dashboard=False,
              log_to_driver=False, logging_level="ERROR")
     try:
-        from fabric.internals import data_path_flags
-
-        flags = data_path_flags()
+        flags = load_seam().data_path_flags()
         print(f"direct streaming={flags['direct_streaming']} haproxy={flags['haproxy']}", flush=True)
         serve.start(http_options={"host": "127.0.0.1", "port": spec["port"]},
                     proxy_location="HeadOnly")

@@ -149,9 +149,9 @@ def forget_session_pointer(address: str) -> bool:
     """Remove Ray's "current cluster" pointer (``ray_current_cluster`` in Ray's temp folder)
     when it still names this cluster: left behind, it makes the machine's next plain
     ``ray.init(num_cpus=...)`` try to join the dead cluster and fail. Returns whether it did."""
-    from ray._common.utils import get_ray_address_file
+    from fabric.internals import ray_address_file
 
-    path = get_ray_address_file(None)
+    path = ray_address_file()
     try:
         with open(path) as f:
             if f.read().strip() != address:

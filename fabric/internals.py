@@ -93,6 +93,9 @@ HOOKS: dict[str, tuple[str, Callable[[], bool]]] = {
     "worker._global_node.get_session_dir_path": (
         "find this session's log directory (security checks of what was logged)",
         lambda: hasattr(_attr("ray._private.node", "Node"), "get_session_dir_path")),
+    "ray_common.get_ray_address_file": (
+        "remove Ray's current-cluster pointer when the fabric's local cluster stops",
+        lambda: callable(_attr("ray._common.utils", "get_ray_address_file"))),
     "autoscaler.util.fillout_defaults/validate_config": (
         "validate cluster.yaml as `ray up` would",
         lambda: all(callable(_attr("ray.autoscaler._private.util", n))
@@ -212,6 +215,13 @@ def session_dir() -> str:
     import ray
 
     return ray._private.worker._global_node.get_session_dir_path()
+
+
+def ray_address_file() -> str:
+    """Where Ray keeps the address of the cluster this machine last started."""
+    from ray._common.utils import get_ray_address_file
+
+    return get_ray_address_file(None)
 
 
 def validate_cluster_config(config: dict) -> dict:

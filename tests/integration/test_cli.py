@@ -92,12 +92,11 @@ def assert_nothing_left_behind(address: str | None, port: int) -> None:
     """No port held, no pointer to the dead cluster, and a plain Ray program starts its own."""
     import os
 
-    from ray._common.utils import get_ray_address_file
-
     from fabric.cluster import port_in_use
+    from fabric.internals import ray_address_file
 
     assert not port_in_use("127.0.0.1", port), f"port {port} still held"
-    pointer = get_ray_address_file(None)
+    pointer = ray_address_file()
     if address and os.path.exists(pointer):
         assert open(pointer).read().strip() != address, f"{pointer} still names {address}"
     plain = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1); "

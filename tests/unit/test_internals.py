@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from fabric import internals
 
 ROOT = Path(__file__).resolve().parents[2]
-PRIVATE = re.compile(r"\b(ray|vllm)\.[\w.]*\b_(private|internal)\b|_engine_client|"
+PRIVATE = re.compile(r"\b(ray|vllm)\.[\w.]*\b_(private|internal|common)\b|_engine_client|"
                      r"_add_middleware_to_built_app|SERVE_CONTROLLER_ACTOR|\.args\[0\]\.metadata")
 
 

@@ -1,0 +1,295 @@
+"""What the fabric costs at rest, beside the engines it serves.
+
+Two runs on this machine, one after the other, both with no request for ``--settle`` seconds
+before ``--seconds`` of measurement:
+
+  baseline  the same Ray cluster shape (a head and one raylet per site of the spec, the
+            dashboard, Serve with HAProxy and direct streaming) running the same vLLM engines
+            at the same sites through plain ``ray.serve.llm`` (no fabric code deployed, Ray's
+            default settings), in a subprocess that never imports fabric;
+  fabric    the local fabric as ``fabric up`` runs it (layer actors, scheduler, ledger,
+            regional endpoints, tenants' API, deferred queue).
+
+CPU is the cores the whole process tree used over the window; memory is its proportional set
+size (PSS: shared pages counted once, unlike summed RSS). Prints both with a breakdown by
+role, the fabric's extra and the targets; writes bench/results/idle.json.
+
+    .venv/bin/python bench/idle.py [--settle 30] [--seconds 30] [--spec deployments/local.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _servers  # noqa: E402
+
+TARGETS = {"fabric_extra_cores": 0.1, "fabric_extra_rss_mib": 2048, "fabric_total_cores": 0.35}
+
+
+def tree() -> list:
+    import psutil
+
+    me = psutil.Process()
+    return [me] + me.children(recursive=True)
+
+
+def role(proc) -> str:
+    """A process's role, for the breakdown."""
+    import psutil
+
+    try:
+        name, cmd = proc.name(), proc.cmdline()
+    except psutil.Error:
+        return "?"
+    if proc.pid == os.getpid():
+        return "driver (this process)"
+    head, joined = (cmd[0] if cmd else name), " ".join(cmd)
+    if "haproxy" in name or head.endswith("haproxy"):
+        return "HAProxy"
+    if "EngineCore" in head or "EngineCore" in name or head.startswith("VLLM::"):
+        return "vLLM engine core"
+    if head.startswith("ray::"):
+        title = head.split()[0]
+        if title.startswith("ray::ServeReplica:"):
+            parts = title.split(":")
+            kind = parts[-2] if len(parts) > 3 else parts[-1]
+            return f"Serve replica {kind}"
+        return title.split(".")[0]
+    if "idle.py baseline" in joined:
+        return "driver (baseline subprocess)"
+    if "dashboard" in joined:
+        return "Ray dashboard + agents"
+    if name in ("raylet", "gcs_server") or "raylet" in head or "gcs_server" in head:
+        return "Ray raylet + GCS"
+    if "runtime_env" in joined or "log_monitor" in joined or "monitor.py" in joined:
+        return "Ray agents (runtime env, logs)"
+    return _servers._short(cmd, name) if cmd else name
+
+
+def measure(seconds: float) -> dict:
+    """Cores and PSS of this process tree over ``seconds`` (processes found at the start)."""
+    import psutil
+
+    procs = tree()
+    start = {}
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            start[p.pid] = (p, t.user + t.system + t.children_user + t.children_system)
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    wall = time.perf_counter() - t0
+    cores, pss, rss = defaultdict(float), defaultdict(float), defaultdict(float)
+    for pid, (p, c0) in start.items():
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            mem = p.memory_full_info()
+            group = role(p)
+            cores[group] += (t.user + t.system + t.children_user + t.children_system - c0) / wall
+            pss[group] += mem.pss / 2**20
+            rss[group] += mem.rss / 2**20
+    groups = sorted(cores, key=lambda g: -cores[g])
+    return {"wall_s": round(wall, 2), "processes": len(start),
+            "cores": round(sum(cores.values()), 3), "pss_mib": round(sum(pss.values())),
+            "rss_mib": round(sum(rss.values())),
+            "groups": [{"group": g, "cores": round(cores[g], 3), "pss_mib": round(pss[g])}
+                       for g in groups]}
+
+
+# ---- baseline: plain ray.serve.llm in a subprocess that never imports fabric ---------------
+
+def baseline_plan(spec, sources: dict[str, str]) -> dict:
+    """Everything the baseline child needs, as plain data computed from the spec."""
+    from fabric.cluster import LOCAL_IP, free_port, site_node_args
+    from fabric.layers.distribution import model_prefix
+    from fabric.layers.llm import CPU_ENGINE_ENV, llm_config_fields
+    from fabric.spec import ROLE_LABEL
+
+    apps = []
+    for m in spec.models:
+        fields = llm_config_fields(spec, m, sources[m.id])
+        fields.pop("server_cls")  # plain LLMServer
+        fields["runtime_env"] = {"env_vars": dict(CPU_ENGINE_ENV)}
+        fields["deployment_config"].pop("request_router_config")  # Serve's default router
+        apps.append({"name": f"plain-{m.id}", "route_prefix": model_prefix(spec, m).rstrip("/"),
+                     "config": fields})
+    return {
+        "head": {"gcs_server_port": free_port(), "num_cpus": 4, "labels": {ROLE_LABEL: "head"},
+                 "include_dashboard": True, "object_store_memory": 256 * 2**20,
+                 "node_ip_address": LOCAL_IP},  # Ray's own settings otherwise
+        "nodes": [site_node_args(region, site) for region in spec.regions for site in region.sites],
+        "port": free_port(), "apps": apps,
+    }
+
+
+def _serve_baseline(plan: dict) -> None:
+    """Child: the cluster and the plain apps, until SIGTERM."""
+    assert "fabric" not in sys.modules, "the baseline must not import fabric"
+    def stop(*_):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    seam = _servers.load_seam()
+    seam.loopback_only()  # as the fabric's local cluster: loopback only
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    cluster = Cluster(initialize_head=True, head_node_args=plan["head"])
+    try:
+        for node in plan["nodes"]:
+            cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR",
+                 _node_ip_address=plan["head"]["node_ip_address"])
+        serve.start(http_options={"host": "127.0.0.1", "port": plan["port"]},
+                    proxy_location="HeadOnly")
+        for app in plan["apps"]:
+            serve.run(build_openai_app({"llm_configs": [LLMConfig(**app["config"])]}),
+                      name=app["name"], route_prefix=app["route_prefix"] or "/", blocking=False)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = serve.status().applications
+            if all(status.get(a["name"]) and status[a["name"]].status == "RUNNING"
+                   for a in plan["apps"]):
+                break
+            time.sleep(2)
+        else:
+            raise SystemExit("baseline apps did not reach RUNNING in 600 s")
+        print("READY", flush=True)
+        while True:
+            time.sleep(3600)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+        address = cluster.address
+        cluster.shutdown()
+        with contextlib.suppress(OSError):  # no stale pointer to this cluster left behind
+            if Path(seam.ray_address_file()).read_text().strip() == address:
+                os.remove(seam.ray_address_file())
+
+
+def warm(urls: list[tuple[str, str]], requests: int, api_key: str = "none") -> None:
+    import httpx
+
+    with httpx.Client(timeout=180, headers={"authorization": f"Bearer {api_key}"}) as client:
+        for url, model in urls:
+            for _ in range(requests):
+                client.post(f"{url}/chat/completions", json={
+                    "model": model, "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "warm up"}]}).raise_for_status()
+
+
+def run_baseline(spec, sources: dict[str, str], args, log: Path) -> dict:
+    plan = baseline_plan(spec, sources)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "baseline", json.dumps(plan)]
+    server = _servers.ServerProcess("plain ray.serve.llm (same cluster shape)", cmd, dict(os.environ),
+                                    log, f"http://127.0.0.1:{plan['port']}", stop_grace_s=90)
+    try:
+        with open(log, "wb") as out:  # ready when the child says so (all apps RUNNING)
+            server.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True)
+        while b"READY" not in log.read_bytes():
+            if server.proc.poll() is not None:
+                raise _servers.ServerError(f"the baseline exited ({server.proc.returncode}); last "
+                                           f"lines of {log}:\n{_servers.log_tail(log)}")
+            time.sleep(2)
+        warm([(server.base_url + a["route_prefix"] + "/v1", a["config"]["model_loading_config"]
+               ["model_id"]) for a in plan["apps"]], requests=2 * len(spec.sites))
+        say(f"baseline up: settling {args.settle:.0f} s, then measuring {args.seconds:.0f} s")
+        time.sleep(args.settle)
+        return measure(args.seconds)
+    finally:
+        server.stop()
+
+
+def run_fabric(spec, args, log: Path) -> dict:
+    from fabric.runtime import quiet_output, running_fabric
+
+    with tempfile.TemporaryDirectory(prefix="bench-idle-ledger-") as ledger:
+        spec.metering.path = ledger
+        with quiet_output(str(log)) as terminal:
+            def step(msg: str) -> None:
+                terminal.write(f"    fabric: {msg}\n")
+                terminal.flush()
+            with running_fabric(spec, step=step, dashboard=True):
+                step(f"up: settling {args.settle:.0f} s, then measuring {args.seconds:.0f} s")
+                time.sleep(args.settle)
+                return measure(args.seconds)
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def show(name: str, r: dict) -> None:
+    say(f"\n{name}: {r['cores']:.3f} cores, PSS {r['pss_mib']} MiB (RSS {r['rss_mib']} MiB), "
+        f"{r['processes']} processes")
+    for g in r["groups"]:
+        say(f"  {g['group']:<44} {g['cores']:>7.3f} cores {g['pss_mib']:>7} MiB")
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", type=Path, default=_servers.LOCAL_SPEC)
+    ap.add_argument("--settle", type=float, default=30.0, help="seconds at rest before measuring")
+    ap.add_argument("--seconds", type=float, default=30.0, help="seconds measured")
+    args = ap.parse_args()
+
+    from fabric.cluster import free_port
+    from fabric.model import model_sources
+    from fabric.spec import load_spec
+
+    spec = load_spec(args.spec)
+    spec.endpoint.port = free_port()
+    _servers.wait_idle(say=say)
+    sources = model_sources(spec, None)
+    logs = Path(tempfile.gettempdir())
+    say(f"baseline: plain ray.serve.llm, {len(spec.sites)} site raylets + head, "
+        f"{sum(1 for _ in spec.models)} model app(s) (log {logs / 'bench-idle-baseline.log'})")
+    base = run_baseline(spec, sources, args, logs / "bench-idle-baseline.log")
+    show("baseline (plain ray.serve.llm)", base)
+    say(f"\nfabric: the local fabric (log {logs / 'bench-idle-fabric.log'})")
+    fab = run_fabric(spec, args, logs / "bench-idle-fabric.log")
+    show("fabric (fabric up)", fab)
+    result = {
+        "spec": str(args.spec), "settle_s": args.settle, "seconds": args.seconds,
+        "baseline": base, "fabric": fab,
+        "fabric_total_cores": fab["cores"],
+        "fabric_extra_cores": round(fab["cores"] - base["cores"], 3),
+        "fabric_extra_rss_mib": round(fab["pss_mib"] - base["pss_mib"]),
+        "targets": TARGETS,
+    }
+    say("\n                       measured   target")
+    for key, target in TARGETS.items():
+        ok = "ok" if result[key] <= target else "MISSED"
+        say(f"  {key:<22} {result[key]:>8}   <= {target}  {ok}")
+    say("  (fabric_extra_rss_mib is the extra proportional set size, PSS)")
+    out = _servers.RESULTS / "idle.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    say(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "baseline":
+        _serve_baseline(json.loads(sys.argv[2]))
+    else:
+        main()
