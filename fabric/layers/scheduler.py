@@ -52,6 +52,7 @@ class Scheduler:
         self._max_inflight = max(int(m.engine_kwargs.get("max_num_seqs", 64))
                                  for m in self._spec.models)
         self._table = RoutingTable()
+        self._changed_at = 0  # the version at which what routers use last changed
         self._snapshot: Snapshot | None = None
         self._capped: set[str] = set()
         self._actions: list[dict] = []
@@ -112,8 +113,11 @@ class Scheduler:
         version = max(int(time.time() * 1000), self._table.version + 1)
         before = set(getattr(self._policy, "shed", ()))
         parked_before = set(self._table.parked)
+        routed_before = self._table.routing_key()
         self._table = self._policy.table(self._snapshot, version)
         self._table.counterfactual = counterfactuals(self._snapshot)
+        if self._table.routing_key() != routed_before:
+            self._changed_at = version
         self._ticks += 1
         self._history.append({"tick": self._ticks, "version": version,
                               "weights": dict(self._table.weights)})
@@ -275,11 +279,15 @@ class Scheduler:
         self._actions = self._actions[-200:]
 
     @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
-    async def routing_table(self) -> dict:
+    async def routing_table(self, since: int | None = None) -> dict | None:
+        """The current table; None if what a router uses has not changed since the version
+        it holds (``since``): routers ask every tick, a table is sent only when it changes."""
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._tick_forever())
         if self._table.version == 0:
             await self.tick()
+        if since is not None and since >= self._changed_at:
+            return None
         return self._table.model_dump()
 
     async def wake(self, site: str) -> bool:
@@ -289,6 +297,8 @@ class Scheduler:
         if unpark is None or not unpark(site):
             return False
         self._table.parked = [s for s in self._table.parked if s != site]
+        self._table.version += 1  # a new table: routers fetch it at their next ask
+        self._changed_at = self._table.version
         self._log({"action": "unpark", "site": site, "tick": self._ticks, "reason": "request"})
         if self._snapshot is not None and self._spec.scheduler.scale_replicas:
             self._act_on_replicas(self._snapshot)

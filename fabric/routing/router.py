@@ -103,8 +103,9 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
                 if self._scheduler is None:
                     self._scheduler = await asyncio.to_thread(
                         ray.get_actor, self._scheduler_name, namespace=self._namespace)
-                data = await self._scheduler.routing_table.remote()
-                self.apply_table(RoutingTable.model_validate(data))
+                data = await self._scheduler.routing_table.remote(self.table.version or None)
+                if data is not None:  # None: nothing a router uses changed since ours
+                    self.apply_table(RoutingTable.model_validate(data))
             except Exception as exc:  # scheduler restarting or gone: keep the last table
                 logger.debug("routing table refresh failed (keeping version %s): %s",
                              self.table.version, exc)

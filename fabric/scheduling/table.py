@@ -30,6 +30,12 @@ class RoutingTable(BaseModel):
                                             "joule spent there would have cost and emitted "
                                             "under least_load (fabric.scheduling.counterfactual)")
 
+    def routing_key(self) -> tuple:
+        """What a router routes by (not the costs the records carry): a table republished
+        with the same key changes nothing on the hot path."""
+        return (self.policy, tuple(sorted(self.weights.items())), tuple(sorted(self.site_region.items())),
+                tuple(self.edge_sites), tuple(self.overflow), tuple(self.parked))
+
     @cached_property
     def overflow_sites(self) -> frozenset[str]:
         """``overflow`` as a set, built once per table (the hot path asks per replica)."""

@@ -203,3 +203,14 @@ def test_round_robin_keeps_its_place_when_the_same_weights_come_again_as_a_new_t
     burst = [wrr.pick({"a": 1, "b": 1}) for _ in range(6)]  # b's weight raised: no run of b
     assert Counter(burst) == {"a": 3, "b": 3}
     assert wrr.pick({"a": 0}) is None
+
+
+def test_a_table_that_only_reprices_routes_the_same():
+    a = RoutingTable(version=1, weights={"a": 1.0, "b": 0.5}, parked=["c"],
+                     cost_usd_per_mtok={"a": 1.0}, counterfactual={"a": {"site": "b"}})
+    b = RoutingTable(version=2, weights={"b": 0.5, "a": 1.0}, parked=["c"],
+                     cost_usd_per_mtok={"a": 2.0}, counterfactual={"a": {"site": "a"}})
+    assert a.routing_key() == b.routing_key()
+    for change in ({"weights": {"a": 1.0, "b": 0.6}}, {"parked": []}, {"overflow": ["c"]},
+                   {"policy": "least_load"}):
+        assert b.model_copy(update=change).routing_key() != a.routing_key(), change
