@@ -61,10 +61,9 @@ def role(proc) -> str:
         return "vLLM engine core"
     if head.startswith("ray::"):
         title = head.split()[0]
-        if title.startswith("ray::ServeReplica:"):
-            parts = title.split(":")
-            kind = parts[-2] if len(parts) > 3 else parts[-1]
-            return f"Serve replica {kind}"
+        if title.startswith("ray::ServeReplica:"):  # ray::ServeReplica:<app>:<deployment>
+            deployment = title.split(".")[0].split(":")[4:5] or ["?"]
+            return f"Serve {deployment[0]} replicas"
         return title.split(".")[0]
     if "idle.py baseline" in joined:
         return "driver (baseline subprocess)"
@@ -250,7 +249,13 @@ def main() -> dict:
     ap.add_argument("--spec", type=Path, default=_servers.LOCAL_SPEC)
     ap.add_argument("--settle", type=float, default=30.0, help="seconds at rest before measuring")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds measured")
+    ap.add_argument("--only", choices=("fabric", "baseline"),
+                    help="run one side; the other is read from the last idle.json (same machine)")
     args = ap.parse_args()
+    out = _servers.RESULTS / "idle.json"
+    last = json.loads(out.read_text()) if args.only and out.exists() else {}
+    if args.only and not last:
+        ap.error(f"--only needs a previous full run's {out}")
 
     from fabric.cluster import free_port
     from fabric.model import model_sources
@@ -263,10 +268,18 @@ def main() -> dict:
     logs = Path(tempfile.gettempdir())
     say(f"baseline: plain ray.serve.llm, {len(spec.sites)} site raylets + head, "
         f"{sum(1 for _ in spec.models)} model app(s) (log {logs / 'bench-idle-baseline.log'})")
-    base = run_baseline(spec, sources, args, logs / "bench-idle-baseline.log")
+    if args.only == "fabric":
+        base = last["baseline"]
+        say("(baseline from the last run's idle.json)")
+    else:
+        base = run_baseline(spec, sources, args, logs / "bench-idle-baseline.log")
     show("baseline (plain ray.serve.llm)", base)
-    say(f"\nfabric: the local fabric (log {logs / 'bench-idle-fabric.log'})")
-    fab = run_fabric(spec, args, logs / "bench-idle-fabric.log")
+    if args.only == "baseline":
+        fab = last["fabric"]
+        say("(fabric from the last run's idle.json)")
+    else:
+        say(f"\nfabric: the local fabric (log {logs / 'bench-idle-fabric.log'})")
+        fab = run_fabric(spec, args, logs / "bench-idle-fabric.log")
     show("fabric (fabric up)", fab)
     result = {
         "spec": str(args.spec), "settle_s": args.settle, "seconds": args.seconds,
@@ -281,7 +294,7 @@ def main() -> dict:
         ok = "ok" if result[key] <= target else "MISSED"
         say(f"  {key:<22} {result[key]:>8}   <= {target}  {ok}")
     say("  (fabric_extra_rss_mib is the extra proportional set size, PSS)")
-    out = _servers.RESULTS / "idle.json"
+    result["measured_now"] = args.only or "both"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     say(f"wrote {out}")
