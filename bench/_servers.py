@@ -350,15 +350,27 @@ def _serve_ray_llm(spec: dict) -> None:
         )
         serve.run(build_openai_app({"llm_configs": [config]}), name="llm", route_prefix="/",
                   blocking=False)
-        print("READY", flush=True)
-        while True:
-            time.sleep(3600)
+        ready_until_stopped()
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        shut_down_serve_and_ray()
+
+
+def ready_until_stopped() -> None:
+    """A baseline child: say READY, then serve until SIGTERM (raised as SystemExit)."""
+    print("READY", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def shut_down_serve_and_ray() -> None:
+    import ray
+    from ray import serve
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -168,15 +168,9 @@ def _serve_baseline(plan: dict) -> None:
             time.sleep(2)
         else:
             raise SystemExit("baseline apps did not reach RUNNING in 600 s")
-        print("READY", flush=True)
-        while True:
-            time.sleep(3600)
+        _servers.ready_until_stopped()
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        with contextlib.suppress(Exception):
-            ray.shutdown()
+        _servers.shut_down_serve_and_ray()
         address = cluster.address
         cluster.shutdown()
         with contextlib.suppress(OSError):  # no stale pointer to this cluster left behind
