@@ -23,11 +23,11 @@ from collections import deque
 import ray
 
 from fabric.layers import naming
+from fabric import internals
 from fabric.layers.distribution import model_app_name
 from fabric.layers.naming import NAMESPACE, SCHEDULER as SCHEDULER_NAME  # noqa: F401
 from fabric.scheduling.policies import make_policy
 from fabric.scheduling.replicas import ModelReplicas, ReplicaPlan, ReplicaPlanner
-from fabric import internals
 from fabric.scheduling.capacity import power_cap_w
 from fabric.scheduling.counterfactual import counterfactuals
 from fabric.scheduling.signals import Snapshot, site_signals

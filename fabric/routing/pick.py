@@ -99,10 +99,6 @@ class SessionRing:
         return self._index[at]
 
 
-def session_replica(session: str, replicas: Sequence[R], key: Callable[[R], str]) -> R:
-    return replicas[SessionRing(replicas, key).home(session)]
-
-
 class _Slices(Sequence):
     """Slices of one list read in order without copying: a rank over a big fleet is built in
     O(1) and only costs its length if Serve ever reads it (it reads rank 1 only when rank 0
