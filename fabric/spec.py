@@ -248,6 +248,7 @@ class EndpointSpec(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_body_mb: float = Field(8.0, gt=0, le=1024, description="larger request bodies get a 413")
+    max_file_mb: float = Field(200.0, gt=0, le=4096, description="larger Batch API uploads get a 400")
 
 
 class FabricSpec(_Strict):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import ray
 
+from fabric.layers.batches import file_object
 from fabric.scheduling.deferral import (DeferralPolicy, GridPoint, planned_start, sample_times,
                                         scores, should_release)
 
@@ -56,12 +57,19 @@ class JobStore:
         self._log = open(self.path, "ab")
 
     def write(self, job_id: str, **fields) -> dict:
-        job = self.jobs.setdefault(job_id, {"id": job_id})
-        job.update(fields)
-        self._log.write(json.dumps({"id": job_id, **fields}, separators=(",", ":")).encode() + b"\n")
+        return self.write_many([(job_id, fields)])[0]
+
+    def write_many(self, events: list[tuple[str, dict]]) -> list[dict]:
+        """Several events, one fsync (a batch's lines are queued at once)."""
+        out = []
+        for job_id, fields in events:
+            job = self.jobs.setdefault(job_id, {"id": job_id})
+            job.update(fields)
+            self._log.write(json.dumps({"id": job_id, **fields}, separators=(",", ":")).encode() + b"\n")
+            out.append(job)
         self._log.flush()
         os.fsync(self._log.fileno())
-        return job
+        return out
 
 
 def view(job: dict, with_response: bool = True) -> dict:
@@ -76,8 +84,11 @@ def view(job: dict, with_response: bool = True) -> dict:
 class DeferredQueue:
     def __init__(self, root: str, endpoint: str, internal_key: str, sites: list[str],
                  policy: dict | None = None, tick_s: float = 1.0, concurrency: int = 32,
-                 mwh_per_mtok: dict[str, float] | None = None):
+                 mwh_per_mtok: dict[str, float] | None = None, max_body: int = 8 * 2**20):
+        from fabric.layers.batches import Batches
+
         self.store = JobStore(root)
+        self.batches = Batches(root, self.store, max_body, MIN_DEADLINE_S + 30.0, MAX_DEADLINE_S)
         self.endpoint = endpoint.rstrip("/")          # http://host:port
         self.internal_key = internal_key              # in memory only, never written
         self.sites = sites
@@ -109,7 +120,56 @@ class DeferredQueue:
 
     async def list(self, tenant: str) -> list[dict]:
         self._ensure_loop()
-        return [view(j, with_response=False) for j in self.store.jobs.values() if j["tenant"] == tenant]
+        return [view(j, with_response=False) for j in self.store.jobs.values()
+                if j["tenant"] == tenant and not j.get("batch_id")]
+
+    async def batch_api(self, method: str, tenant: str, *args) -> dict:
+        """The Batch API's calls (``fabric.layers.batches.Batches``); a refusal comes back as
+        ``{"refused": [status, message, param, code]}``."""
+        from fabric.layers.batches import BatchError
+
+        self._ensure_loop()
+        try:
+            if method == "create":
+                payload, via = args
+                return self.batches.create(tenant, payload, via, time.time(), await self._at_once())
+            if method == "cancel":
+                return self.batches.cancel(tenant, args[0], time.time())
+            if method in ("upload", "get", "list"):
+                return getattr(self.batches, method)(tenant, *args)
+            files = self.batches.files
+            if method == "file_list":
+                return {"object": "list", "data": [file_object(f) for f in files.list(tenant, *args)],
+                        "has_more": False}
+            f = files.get(tenant, args[0])
+            if f is None:
+                raise BatchError(404, f"no file {args[0]!r}", "file_id", "not_found")
+            if method == "file_get":
+                return file_object(f)
+            if method == "file_content":
+                return {"content": files.content(tenant, args[0]), "filename": f["filename"]}
+            if method == "file_delete":
+                files.delete(tenant, args[0])
+                return {"id": args[0], "object": "file", "deleted": True}
+            raise BatchError(404, f"unknown call {method!r}")
+        except BatchError as exc:
+            return {"refused": [exc.status, exc.message, exc.param, exc.code]}
+
+    async def _at_once(self) -> dict:
+        """Each site's grid now: what running a batch at once would pay (``fabric usage
+        --batch`` prices its tokens both ways)."""
+        from fabric.layers import naming
+
+        out = {}
+        for site in self.sites:
+            try:
+                grid = ray.get_actor(naming.power(site), namespace=naming.NAMESPACE)
+                s = (await grid.forecast.remote([time.time()]))[0]
+            except Exception:  # a site without a grid answer prices nothing
+                continue
+            out[site] = {"price_usd_per_mwh": s["price_usd_per_mwh"],
+                         "carbon_g_per_kwh": s["carbon_g_per_kwh"]}
+        return out
 
     async def cancel(self, tenant: str, job_id: str) -> dict | None:
         job = self.store.jobs.get(job_id)
@@ -129,6 +189,10 @@ class DeferredQueue:
                 await self._tick()
             except Exception as exc:  # a bad tick must not stop the queue
                 logger.warning("deferred queue tick failed: %s", exc)
+            try:
+                self.batches.finalise(time.time(), self._running)
+            except Exception as exc:
+                logger.warning("closing batches failed: %s", exc)
             await asyncio.sleep(self.tick_s)
 
     async def _forecast(self, times: list[float]) -> list[list[GridPoint]]:
@@ -183,9 +247,11 @@ class DeferredQueue:
                                        attempts=job.get("attempts", 0) + 1)
                 headers = {"authorization": f"Bearer {self.internal_key}",
                            "x-fabric-on-behalf-of": job["tenant"]}
+                if job.get("batch_id"):  # one usage record per line, however often it runs
+                    headers["x-fabric-request-id"] = job_id
                 try:
-                    r = await self._client.post(self.endpoint + job["endpoint"], json=job["request"],
-                                                headers=headers)
+                    r = await self._client.post(self.endpoint + job.get("via", "") + job["endpoint"],
+                                                json=job["request"], headers=headers)
                     body = r.json()
                 except (httpx.HTTPError, ValueError) as exc:
                     return self._retry_or_fail(job, 0, f"the fabric did not answer: {exc}")
@@ -201,6 +267,7 @@ class DeferredQueue:
                     error = body.get("error") if isinstance(body, dict) else None
                     self.store.write(job_id, status="failed", status_code=r.status_code,
                                      error=(error or {}).get("message") or r.text[:500],
+                                     response=body if job.get("batch_id") else None,
                                      finished_at=round(time.time(), 3))
         finally:
             self._running.discard(job_id)
@@ -226,7 +293,8 @@ def start_deferred(spec, root: str, internal_key: str, head_label: dict):
                                   label_selector=head_label).remote(
         root, f"http://{spec.endpoint.host}:{spec.endpoint.port}", internal_key,
         sorted({s.name for m in spec.models for _, s in spec.hosting_sites(m)}),
-        deferral_policy(spec), mwh_per_mtok=site_mwh_per_mtok(spec))
+        deferral_policy(spec), mwh_per_mtok=site_mwh_per_mtok(spec),
+        max_body=int(spec.endpoint.max_body_mb * 2**20))
     ray.get(actor.ping.remote())
     return actor
 

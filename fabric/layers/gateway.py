@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.background import BackgroundTask
 
+from fabric.layers.batch_api import BatchAPI
 from fabric.metering.records import UsageRecord
 from fabric.metering.tenants import Refusal
 from fabric.metering.tenants import from_spec as tenant_gate
@@ -42,7 +43,7 @@ from fabric.scheduling.tiers import AUTO, CatalogModel, ChoiceError, choose_mode
 from fabric.spec import ROLE_LABEL
 
 FORWARD_HEADERS = ("authorization", "x-session-id", "x-fabric-agent", "x-request-id",
-                   "x-fabric-on-behalf-of")
+                   "x-fabric-on-behalf-of", "x-fabric-request-id")
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
 
 
@@ -84,9 +85,11 @@ class Gateway:
     def __init__(self, models: list[dict], region: str | None = None,
                  classifier: str = "fabric.scheduling.classify:RuleClassifier",
                  classifier_params: dict | None = None, max_body_mb: float = 8.0,
-                 tenants: list[dict] | None = None, internal_key_hash: str = ""):
+                 tenants: list[dict] | None = None, internal_key_hash: str = "",
+                 max_file_mb: float = 200.0):
         self.region = region
         self.gate = tenant_gate(tenants or [], internal_key_hash or None, 1.0)
+        self.batch = BatchAPI(self.gate, region, int(max_file_mb * 2**20))
         self.records: list[dict] = []  # refusals made here, kept until the ledger has them
         self.metrics = None
         self._shipper: asyncio.Task | None = None
@@ -118,6 +121,43 @@ class Gateway:
     @app.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         return await self._forward("completions", request)
+
+    # the OpenAI Batch API (fabric.layers.batch_api)
+    @app.post("/v1/files")
+    async def file_upload(self, request: Request) -> Response:
+        return await self.batch.upload(request)
+
+    @app.get("/v1/files")
+    async def file_list(self, request: Request) -> Response:
+        return await self.batch.files(request)
+
+    @app.get("/v1/files/{file_id}")
+    async def file_get(self, file_id: str, request: Request) -> Response:
+        return self.batch._json(await self.batch.call(request, "file_get", file_id))
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(self, file_id: str, request: Request) -> Response:
+        return await self.batch.content(request, file_id)
+
+    @app.delete("/v1/files/{file_id}")
+    async def file_delete(self, file_id: str, request: Request) -> Response:
+        return self.batch._json(await self.batch.call(request, "file_delete", file_id))
+
+    @app.post("/v1/batches")
+    async def batch_create(self, request: Request) -> Response:
+        return await self.batch.create(request)
+
+    @app.get("/v1/batches")
+    async def batch_list(self, request: Request) -> Response:
+        return await self.batch.batches(request)
+
+    @app.get("/v1/batches/{batch_id}")
+    async def batch_get(self, batch_id: str, request: Request) -> Response:
+        return self.batch._json(await self.batch.call(request, "get", batch_id))
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def batch_cancel(self, batch_id: str, request: Request) -> Response:
+        return self.batch._json(await self.batch.call(request, "cancel", batch_id))
 
     async def _read(self, request: Request) -> bytes | None:
         """The body, or None once it passes the limit (refused on Content-Length before any
@@ -239,6 +279,7 @@ def gateway_args(spec, urls: dict[str, str], region: str | None,
             "classifier": spec.scheduler.classifier,
             "classifier_params": spec.scheduler.classifier_params,
             "max_body_mb": spec.endpoint.max_body_mb,
+            "max_file_mb": spec.endpoint.max_file_mb,
             "tenants": [t.model_dump() for t in spec.tenants],
             "internal_key_hash": internal_key_hash}
 

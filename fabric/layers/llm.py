@@ -363,13 +363,15 @@ class _FabricMiddleware:
                          + [(b"content-length", str(len(new_body)).encode())]}
                 replay = _replaying(new_body, receive)
         tap = TokenTap(strip_usage=strip)
-        request_id = ""
+        # the fabric's own services name their requests (a batch line: one record, however
+        # often it runs); a client's x-request-id may repeat, so it is not the record's id
+        request_id = _header(scope, b"x-fabric-request-id") if behalf else ""
 
         async def send_on(message):
             nonlocal request_id
             if message["type"] == "http.response.start":
                 tap.start(message)
-                if not _header(scope, b"x-request-id"):  # an id a client chose may repeat
+                if not request_id and not _header(scope, b"x-request-id"):
                     request_id = next((v.decode() for k, v in message.get("headers", [])
                                        if k.lower() == b"x-request-id"), "")
                 message = {**message, "headers": list(message.get("headers", [])) + self.headers}
