@@ -314,6 +314,8 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
           hours: Optional[float] = typer.Option(None, help="only the last N hours"),
           savings: bool = typer.Option(False, "--savings", help="also the energy $ and kg CO2 "
                                        "saved against least_load at the same moments"),
+          batch: Optional[str] = typer.Option(None, help="one Batch API batch: its tokens, and its "
+                                              "energy $ and gCO2 against running it at once"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Totals from the token ledger: requests, tokens, $, J/token, gCO2 per million tokens
     (with --savings: against what least_load would have made of the same tokens)."""
@@ -322,7 +324,30 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
     from rich.table import Table
 
     from fabric.metering import default_ledger_path
-    from fabric.metering.report import GROUPS, read_usage, totals
+    from fabric.metering.report import GROUPS, batch_usage, read_usage, totals
+
+    if batch is not None:
+        try:
+            row = batch_usage(path or default_ledger_path(), batch)
+        except ValueError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2)
+        if as_json:
+            print(json.dumps(row, indent=2))
+            return
+        table = Table(title=f"batch {batch} ({row['status']}, tenant {row['tenant']})",
+                      title_justify="left")
+        for col in ("", "requests", "tokens in", "tokens out", "energy $", "gCO2"):
+            table.add_column(col, justify="right")
+        table.add_row("as run", str(row["requests"]), f"{row['prompt_tokens']:,}",
+                      f"{row['completion_tokens']:,}", f"{row['energy_cost_usd']:.9f}",
+                      f"{row['carbon_g']:.6f}")
+        table.add_row("at once", "", "", "", f"{row['at_once_energy_cost_usd']:.9f}",
+                      f"{row['at_once_carbon_g']:.6f}")
+        Console(width=140).print(table)
+        console.print("[dim]at once: the same energy at the same sites, priced at their grid's "
+                      "price and carbon when the batch was created[/]")
+        return
 
     if by not in GROUPS:
         console.print(f"[red]error:[/] --by must be one of {', '.join(GROUPS)}")

@@ -74,6 +74,9 @@ class BatchAPI:
         return b"".join(chunks)
 
     async def upload(self, request: Request) -> Response:
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            return _error(400, "the upload must be multipart/form-data with 'file' and 'purpose'",
+                          "file")
         raw = await self._body(request, self.max_file + 64 * 1024)  # the form's own framing
         if raw is None:
             return _error(400, f"the file is over the {self.max_file / 2**20:g} MiB limit", "file",

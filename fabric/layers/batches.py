@@ -370,3 +370,17 @@ class Batches:
             self.log.write(b["id"], status=done, **{f"{done}_at": int(now)}, **files)
             closed.append(b["id"])
         return closed
+
+
+def read_batch(root: str | Path, batch_id: str) -> dict | None:
+    """One batch's record from the queue's log, read only (``fabric usage --batch``)."""
+    path, out = Path(root) / "batches.jsonl", None
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("id") == batch_id:
+                out = {**(out or {}), **event}
+    return out

@@ -182,6 +182,9 @@ class Gateway:
             return openai_error(status, message, ERROR_TYPES.get(status, "APIError"), param, code)
 
         who = self.gate.authenticate(request.headers.get("authorization", ""))
+        behalf = request.headers.get("x-fabric-on-behalf-of")
+        if behalf and not isinstance(who, Refusal):  # the engines check it again
+            who = self.gate.on_behalf_of(who, behalf)
         if isinstance(who, Refusal):
             return refuse(who.status, who.message, None, who.code)
         raw = await self._read(request)
@@ -226,8 +229,10 @@ class Gateway:
               latency_s: float) -> None:
         """A usage record (no tokens) for a request refused here; the engines record the rest."""
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        own = request.headers.get("x-fabric-request-id") if request.headers.get(
+            "x-fabric-on-behalf-of") and tenant else None  # set only by the fabric's services
         record = UsageRecord(
-            request_id=f"fabric-{uuid.uuid4().hex}", ts=wall, tenant=tenant,
+            request_id=own or f"fabric-{uuid.uuid4().hex}", ts=wall, tenant=tenant,
             agent_id=request.headers.get("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
             session_id=request.headers.get("x-session-id") or str(metadata.get("fabric_session", "")),
             model=str(body.get("model", "")), tier=str(metadata.get("fabric_tier", "")),

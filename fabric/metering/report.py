@@ -74,3 +74,37 @@ def _with_savings(table: pa.Table) -> pa.Table:
     return (table.append_column("saved_usd", pc.subtract(table["counterfactual_energy_cost_usd"],
                                                           table["energy_cost_usd"]))
             .append_column("saved_g", pc.subtract(table["counterfactual_carbon_g"], table["carbon_g"])))
+
+
+def batch_usage(root: str | Path, batch_id: str) -> dict:
+    """A batch's records (kept under its lines' ids) in totals, and the same energy priced at
+    each site's grid when the batch was created: what running it at once would have cost."""
+    from fabric.layers.batches import read_batch
+
+    batch = read_batch(Path(root) / "deferred", batch_id)
+    if batch is None:
+        raise ValueError(f"no batch {batch_id!r} under {root}")
+    table = read_usage(root, tenant=batch["tenant"])
+    if table.num_rows:
+        table = table.filter(pc.starts_with(table["request_id"], batch_id + "-"))
+    summary = (totals(table, None) or [{"requests": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                         "billed_usd": 0.0, "energy_cost_usd": 0.0, "energy_j": 0.0,
+                                         "carbon_g": 0.0}])[0]
+    at_once = batch.get("at_once") or {}
+    usd = g = 0.0
+    priced = 0
+    for site, energy in zip(table["site"].to_pylist() if table.num_rows else [],
+                            table["energy_j"].to_pylist() if table.num_rows else []):
+        grid = at_once.get(site)
+        if grid is not None and energy is not None:
+            usd += energy / 3.6e9 * grid["price_usd_per_mwh"]
+            g += energy / 3.6e6 * grid["carbon_g_per_kwh"]
+            priced += 1
+    keep = ("requests", "prompt_tokens", "completion_tokens", "billed_usd", "energy_cost_usd",
+            "energy_j", "carbon_g")
+    return {"batch": batch_id, "tenant": batch["tenant"], "status": batch["status"],
+            **{k: summary[k] for k in keep},
+            "at_once_energy_cost_usd": round(usd, 12), "at_once_carbon_g": round(g, 9),
+            "at_once_priced_requests": priced,
+            "saved_usd": round(usd - summary["energy_cost_usd"], 12) if priced else None,
+            "saved_carbon_g": round(g - summary["carbon_g"], 9) if priced else None}

@@ -148,3 +148,27 @@ def test_cancelling_stops_queued_lines_and_closes_with_what_ran(tmp_path):
         b.finalise(1700.0, running=set())
         b.cancel("acme", other["id"], 1800.0)
     assert e.value.status == 409
+
+
+def test_an_upload_over_the_file_limit_or_not_multipart_is_a_400():
+    from fastapi import FastAPI, Request
+    from starlette.testclient import TestClient
+
+    from fabric.layers.batch_api import BatchAPI
+    from fabric.metering.tenants import from_spec
+
+    api = BatchAPI(from_spec([], None, 1.0), None, max_file=1024)
+    app = FastAPI()
+
+    @app.post("/v1/files")
+    async def upload(request: Request):
+        return await api.upload(request)
+
+    with TestClient(app) as http:
+        for kw, needle in (({"files": {"file": ("x.jsonl", b"{}\n" * 400)}, "data": {"purpose": "batch"}},
+                            "limit"),
+                           ({"content": b"{}\n", "headers": {"content-type": "application/json"}},
+                            "multipart"),
+                           ({"files": {"purpose": (None, b"batch")}}, "no 'file'")):
+            r = http.post("/v1/files", **kw)
+            assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
