@@ -1,6 +1,8 @@
 """One real fabric per test session (local multi-node Ray cluster + vLLM on CPU), shared by
-tests/integration and tests/reliability; tests marked ``destructive`` (they remove nodes or kill
-engines) run after every other test, also when the order is shuffled (``--random-order``).
+tests/integration and tests/reliability; tests marked ``own_fabric`` (they start one of their own)
+run before it starts, since two fabrics do not fit in this machine's memory, and tests marked
+``destructive`` (they remove nodes or kill engines) run after every other test, also when the
+order is shuffled (``--random-order``).
 
 Tests that change shared state put it back: power through the ``power`` fixture (replay clocks
 restored, then the scheduler seen at rest again), tenants' limits by each test having a tenant
@@ -153,4 +155,8 @@ POWER_SOURCES = {"model", "nvml"}
 
 @pytest.hookimpl(trylast=True)  # after any shuffling plugin has reordered the items
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+    def rank(item) -> int:
+        if item.get_closest_marker("own_fabric"):
+            return 0
+        return 2 if item.get_closest_marker("destructive") else 1
+    items.sort(key=rank)

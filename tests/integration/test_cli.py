@@ -12,7 +12,8 @@ import pytest
 
 from fabric.cluster import free_port
 
-pytestmark = pytest.mark.integration
+# Each test starts a fabric of its own: they run before the shared one starts (conftest).
+pytestmark = [pytest.mark.integration, pytest.mark.own_fabric]
 FABRIC = [sys.executable, "-m", "fabric.cli"]
 
 
