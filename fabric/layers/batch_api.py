@@ -1,7 +1,8 @@
 """Layer 5, the OpenAI Batch API on the fabric's endpoints (``/v1`` and ``/<region>/v1``).
 
 ``/v1/files`` and ``/v1/batches`` as the OpenAI API documents them, so the official clients'
-``files.create`` + ``batches.create`` work unchanged. The gateways serve them; the deferred
+``files.create`` + ``batches.create`` work unchanged. The gateways serve them, and so does a
+single-model fabric's engine at ``/v1`` (its middleware, no gateway in front); the deferred
 queue keeps the files and batches (``fabric.layers.batches``) and runs each line as a deferred
 job in the cheapest or greenest window of the completion window. A batch created at a
 regional endpoint runs every line through that region's endpoint (pinned to the region).
@@ -12,26 +13,48 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from fabric.layers.deferred import DEFERRED_NAME
-
-TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-         409: "ConflictError", 503: "ServiceUnavailableError"}
-
+from fabric.layers.errors import openai_error
 
 def _error(status: int, message: str, param=None, code=None) -> JSONResponse:
-    from fabric.layers.gateway import openai_error
-
-    return openai_error(status, message, TYPES.get(status, "APIError"), param, code)
+    return openai_error(status, message, None, param, code)
 
 
 async def _replayed(raw: bytes, request: Request) -> Request:
     async def receive():
         return {"type": "http.request", "body": raw, "more_body": False}
     return Request(request.scope, receive)
+
+
+# (method, path under /v1) -> (handler, how it is called); the ids are the fabric's own
+_ID = r"([A-Za-z0-9_-]+)"
+ROUTES = [("POST", r"files", "upload"), ("GET", r"files", "files"),
+          ("GET", rf"files/{_ID}", "file_get"), ("GET", rf"files/{_ID}/content", "content"),
+          ("DELETE", rf"files/{_ID}", "file_delete"), ("POST", r"batches", "create"),
+          ("GET", r"batches", "batches"), ("GET", rf"batches/{_ID}", "get"),
+          ("POST", rf"batches/{_ID}/cancel", "cancel")]
+PREFIXES = ("/v1/files", "/v1/batches")
+
+
+def route(method: str, path: str) -> tuple[str, tuple[str, ...]] | tuple[int, str]:
+    """(handler name, path arguments) for a Batch API path (``/v1/...``), or (status, message)
+    when nothing serves it: 404 for an unknown path, 405 for a known one with another method."""
+    rest = path[len("/v1/"):].rstrip("/") if path.startswith("/v1/") else ""
+    allowed = []
+    for verb, pattern, name in ROUTES:
+        m = re.fullmatch(pattern, rest)
+        if m:
+            if verb == method:
+                return name, m.groups()
+            allowed.append(verb)
+    if allowed:
+        return 405, f"{method} is not allowed on {path} (allowed: {', '.join(sorted(set(allowed)))})"
+    return 404, f"no such path: {path}"
 
 
 class BatchAPI:
@@ -128,6 +151,25 @@ class BatchAPI:
         if unknown:
             return _error(400, f"unknown parameter(s): {', '.join(unknown)}", unknown[0])
         return self._json(await self.call(request, "file_list", query.get("purpose")))
+
+    async def dispatch(self, request: Request, path: str) -> Response:
+        """Serve one Batch API request (``path`` as under the endpoint: ``/v1/files/...``)."""
+        name, args = route(request.method, path)
+        if isinstance(name, int):
+            return _error(name, args, None, "not_found" if name == 404 else "method_not_allowed")
+        return await getattr(self, name)(request, *args)
+
+    async def file_get(self, request: Request, file_id: str) -> Response:
+        return self._json(await self.call(request, "file_get", file_id))
+
+    async def file_delete(self, request: Request, file_id: str) -> Response:
+        return self._json(await self.call(request, "file_delete", file_id))
+
+    async def get(self, request: Request, batch_id: str) -> Response:
+        return self._json(await self.call(request, "get", batch_id))
+
+    async def cancel(self, request: Request, batch_id: str) -> Response:
+        return self._json(await self.call(request, "cancel", batch_id))
 
     @staticmethod
     def _json(out) -> Response:

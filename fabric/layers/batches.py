@@ -351,12 +351,22 @@ class Batches:
 
     def finalise(self, now: float, running: set[str]) -> list[str]:
         """Close every batch whose lines have all ended: write its output and error files.
-        Returns the ids closed."""
+        A batch still in progress when its completion window ends expires: its lines not yet
+        running end as ``expired`` (``batch_expired`` in the error file), the running ones
+        finish, and what completed stays in the output file. Returns the ids closed."""
         closed = []
         for b in list(self.log.items.values()):
             if b["status"] not in ("in_progress", "cancelling"):
                 continue
             jobs = [self.jobs.jobs[i] for i in self.lines.get(b["id"], ())]
+            late = b["status"] == "in_progress" and now >= b["expires_at"]
+            if late and not b.get("expiring") and any(j["status"] not in TERMINAL for j in jobs):
+                self.jobs.write_many([(j["id"], {
+                    "status": "expired", "finished_at": round(now, 3),
+                    "error": "the batch's completion window ended before this line ran"})
+                    for j in jobs if j["status"] == "queued" and j["id"] not in running])
+                b = self.log.write(b["id"], expiring=True)  # in progress until its running lines end
+                jobs = [self.jobs.jobs[i] for i in self.lines.get(b["id"], ())]
             if any(j["status"] not in TERMINAL or j["id"] in running for j in jobs):
                 continue
             self.log.write(b["id"], finalizing_at=int(now)) if b["status"] == "in_progress" else None
@@ -366,7 +376,8 @@ class Batches:
                 if data:
                     files[key] = self.files.create(b["tenant"], f"{b['id']}_{key[:-8]}.jsonl",
                                                    "batch_output", data)["id"]
-            done = "cancelled" if b["status"] == "cancelling" else "completed"
+            done = ("cancelled" if b["status"] == "cancelling" else
+                    "expired" if b.get("expiring") else "completed")
             self.log.write(b["id"], status=done, **{f"{done}_at": int(now)}, **files)
             closed.append(b["id"])
         return closed

@@ -34,6 +34,7 @@ from ray import serve
 from starlette.background import BackgroundTask
 
 from fabric.layers.batch_api import BatchAPI
+from fabric.layers.errors import openai_error
 from fabric.metering.records import UsageRecord
 from fabric.metering.tenants import Refusal
 from fabric.metering.tenants import from_spec as tenant_gate
@@ -45,16 +46,6 @@ from fabric.spec import ROLE_LABEL
 FORWARD_HEADERS = ("authorization", "x-session-id", "x-fabric-agent", "x-request-id",
                    "x-fabric-on-behalf-of", "x-fabric-request-id")
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive"}
-
-
-def openai_error(status: int, message: str, type_: str, param: str | None = None,
-                 code: str | int | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type_, "param": param,
-                                   "code": code or status}}, status_code=status)
-
-
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-               413: "RequestTooLargeError", 503: "ServiceUnavailableError"}
 
 
 def with_hints(body: dict, headers, region: str | None) -> dict:
@@ -122,42 +113,22 @@ class Gateway:
     async def completions(self, request: Request) -> Response:
         return await self._forward("completions", request)
 
-    # the OpenAI Batch API (fabric.layers.batch_api)
-    @app.post("/v1/files")
-    async def file_upload(self, request: Request) -> Response:
-        return await self.batch.upload(request)
+    # the OpenAI Batch API (fabric.layers.batch_api: one route table for every endpoint)
+    @app.api_route("/v1/files", methods=["GET", "POST", "DELETE"])
+    async def files(self, request: Request) -> Response:
+        return await self.batch.dispatch(request, "/v1/files")
 
-    @app.get("/v1/files")
-    async def file_list(self, request: Request) -> Response:
-        return await self.batch.files(request)
+    @app.api_route("/v1/files/{rest:path}", methods=["GET", "POST", "DELETE"])
+    async def file(self, rest: str, request: Request) -> Response:
+        return await self.batch.dispatch(request, f"/v1/files/{rest}")
 
-    @app.get("/v1/files/{file_id}")
-    async def file_get(self, file_id: str, request: Request) -> Response:
-        return self.batch._json(await self.batch.call(request, "file_get", file_id))
+    @app.api_route("/v1/batches", methods=["GET", "POST", "DELETE"])
+    async def batches(self, request: Request) -> Response:
+        return await self.batch.dispatch(request, "/v1/batches")
 
-    @app.get("/v1/files/{file_id}/content")
-    async def file_content(self, file_id: str, request: Request) -> Response:
-        return await self.batch.content(request, file_id)
-
-    @app.delete("/v1/files/{file_id}")
-    async def file_delete(self, file_id: str, request: Request) -> Response:
-        return self.batch._json(await self.batch.call(request, "file_delete", file_id))
-
-    @app.post("/v1/batches")
-    async def batch_create(self, request: Request) -> Response:
-        return await self.batch.create(request)
-
-    @app.get("/v1/batches")
-    async def batch_list(self, request: Request) -> Response:
-        return await self.batch.batches(request)
-
-    @app.get("/v1/batches/{batch_id}")
-    async def batch_get(self, batch_id: str, request: Request) -> Response:
-        return self.batch._json(await self.batch.call(request, "get", batch_id))
-
-    @app.post("/v1/batches/{batch_id}/cancel")
-    async def batch_cancel(self, batch_id: str, request: Request) -> Response:
-        return self.batch._json(await self.batch.call(request, "cancel", batch_id))
+    @app.api_route("/v1/batches/{rest:path}", methods=["GET", "POST", "DELETE"])
+    async def batch_one(self, rest: str, request: Request) -> Response:
+        return await self.batch.dispatch(request, f"/v1/batches/{rest}")
 
     async def _read(self, request: Request) -> bytes | None:
         """The body, or None once it passes the limit (refused on Content-Length before any
@@ -179,7 +150,7 @@ class Gateway:
         def refuse(status: int, message: str, param: str | None = None,
                    code: str | int | None = None, tenant: str = "") -> JSONResponse:
             self._keep(request, body, status, tenant, wall, time.perf_counter() - started)
-            return openai_error(status, message, ERROR_TYPES.get(status, "APIError"), param, code)
+            return openai_error(status, message, None, param, code)
 
         who = self.gate.authenticate(request.headers.get("authorization", ""))
         behalf = request.headers.get("x-fabric-on-behalf-of")

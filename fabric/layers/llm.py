@@ -23,7 +23,11 @@ import ray
 from ray import serve
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
+from starlette.requests import Request
 
+from fabric.layers.batch_api import PREFIXES as BATCH_PREFIXES
+from fabric.layers.batch_api import BatchAPI
+from fabric.layers.errors import error_body
 from fabric.metering.records import attribute, billed_usd
 from fabric.metering.tenants import Gatekeeper, Refusal, key_hash
 from fabric.metering.tenants import from_spec as tenant_gate
@@ -278,7 +282,9 @@ def _with_usage_requested(body: bytes, request: dict) -> tuple[bytes, bool]:
 class _FabricMiddleware:
     """ASGI middleware inside the engine's own app (no extra hop): refuses requests whose
     fabric hints this replica may not serve, stamps the serving replica's region/site on every
-    response, meters generation load, and writes one usage record per generation request."""
+    response, meters generation load, and writes one usage record per generation request.
+    In a single-model fabric (its engine app at ``/``, no gateway in front) it also serves the
+    Batch API there (``FABRIC_BATCH_MAX_FILE_MB`` set)."""
 
     GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
@@ -287,6 +293,10 @@ class _FabricMiddleware:
         self.app, self.headers, self.meter, self.here, self.ctx = app, headers, meter, here, ctx
         self.gate, self.metrics = gate, metrics
         self.max_body = int(float(os.environ.get("FABRIC_MAX_BODY_MB", "8")) * 2**20)
+        max_file = os.environ.get("FABRIC_BATCH_MAX_FILE_MB")
+        self.batch = None
+        if max_file:
+            self.batch = BatchAPI(gate, None, int(float(max_file) * 2**20))
 
     def _keep(self, record: dict) -> None:
         """Every usage record: to the ledger queue, and into the replica's metrics."""
@@ -297,15 +307,9 @@ class _FabricMiddleware:
             except Exception as exc:  # metrics never fail or lose a request
                 logger.warning("metrics: %s", exc)
 
-    ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 402: "PaymentRequiredError",
-                   413: "RequestTooLargeError",
-                   403: "PermissionDeniedError", 429: "RateLimitError", 503: "ServiceUnavailableError"}
-
     async def _refuse(self, send, status: int, reason: str, code: str | None = None,
                       param: str | None = "metadata", retry_after: float | None = None) -> None:
-        error = {"error": {"message": reason, "type": self.ERROR_TYPES.get(status, "APIError"),
-                           "param": param, "code": code or status}}
-        payload = json.dumps(error).encode()
+        payload = json.dumps(error_body(status, reason, None, param, code)).encode()
         extra = [(b"retry-after", str(int(retry_after)).encode())] if retry_after else []
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
@@ -318,6 +322,12 @@ class _FabricMiddleware:
         self._keep(self._record(scope, request, tap, "", wall, started, 1.0, tenant))
 
     async def __call__(self, scope, receive, send):
+        if self.batch is not None and scope["type"] == "http":
+            path, root = scope.get("path", ""), scope.get("root_path", "")
+            path = path[len(root):] if root and path.startswith(root) else path
+            if path.startswith(BATCH_PREFIXES):
+                response = await self.batch.dispatch(Request(scope, receive), path)
+                return await response(scope, receive, send)
         if scope["type"] != "http" or not scope.get("path", "").endswith(self.GENERATION_PATHS):
             return await self.app(scope, receive, send)
         started, wall = time.perf_counter(), time.time()
@@ -602,6 +612,9 @@ def llm_config_fields(spec: FabricSpec, model: ModelSpec, model_source: str,
             "FABRIC_PRICE_OUT": str(model.price_usd_per_mtok_out),
             "FABRIC_REPLICAS": str(num_replicas),
             "FABRIC_MAX_BODY_MB": str(spec.endpoint.max_body_mb),
+            # one model: its engine app is the root endpoint and serves the Batch API there
+            **({"FABRIC_BATCH_MAX_FILE_MB": str(spec.endpoint.max_file_mb)}
+               if len(spec.models) == 1 else {}),
             "FABRIC_TENANTS": json.dumps([t.model_dump() for t in spec.tenants]),
             "FABRIC_INTERNAL_KEY_HASH": key_hash(internal_key) if internal_key else ""}},
         server_cls="fabric.layers.llm:FabricLLMServer",

@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from fabric.layers.gateway import openai_error
+from fabric.layers.errors import openai_error
 from fabric.metering.report import read_usage, totals
 from fabric.metering.tenants import Refusal
 from fabric.metering.tenants import from_spec as tenant_gate

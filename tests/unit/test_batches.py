@@ -172,3 +172,45 @@ def test_an_upload_over_the_file_limit_or_not_multipart_is_a_400():
                            ({"files": {"purpose": (None, b"batch")}}, "no 'file'")):
             r = http.post("/v1/files", **kw)
             assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
+def test_the_batch_api_route_table():
+    from fabric.layers.batch_api import route
+
+    assert route("POST", "/v1/files") == ("upload", ())
+    assert route("GET", "/v1/files/") == ("files", ())
+    assert route("GET", "/v1/files/file-1a") == ("file_get", ("file-1a",))
+    assert route("GET", "/v1/files/file-1a/content") == ("content", ("file-1a",))
+    assert route("DELETE", "/v1/files/file-1a") == ("file_delete", ("file-1a",))
+    assert route("POST", "/v1/batches") == ("create", ())
+    assert route("GET", "/v1/batches") == ("batches", ())
+    assert route("GET", "/v1/batches/batch_9") == ("get", ("batch_9",))
+    assert route("POST", "/v1/batches/batch_9/cancel") == ("cancel", ("batch_9",))
+    status, message = route("PUT", "/v1/batches/batch_9")
+    assert status == 405 and "GET" in message
+    assert route("GET", "/v1/batches/batch_9/nothing")[0] == 404
+    assert route("GET", "/v1/files/../etc")[0] == 404
+
+
+def test_a_batch_past_its_window_expires_keeping_what_completed(tmp_path):
+    jobs, b = open_store(tmp_path)
+    f = b.upload("acme", "in.jsonl", "batch", jsonl(line("a"), line("b"), line("c")))
+    batch = b.create("acme", {"input_file_id": f["id"], "endpoint": CHAT,
+                              "completion_window": "60s"}, "", 1000.0, {})
+    a, running, queued = sorted(b.lines[batch["id"]], key=lambda i: jobs.jobs[i]["line"])
+    jobs.write(a, status="completed", response={"choices": []})
+    jobs.write(running, status="running")
+    assert b.finalise(1059.0, running={running}) == []      # inside the window: waits
+    assert b.get("acme", batch["id"])["status"] == "in_progress"
+    assert b.finalise(1060.0, running={running}) == []      # expired, a line still running
+    assert jobs.jobs[queued]["status"] == "expired" and jobs.jobs[running]["status"] == "running"
+    assert b.get("acme", batch["id"])["status"] == "in_progress"
+    jobs.write(running, status="completed", response={"choices": []})
+    assert b.finalise(1070.0, running=set()) == [batch["id"]]
+    done = b.get("acme", batch["id"])
+    assert done["status"] == "expired" and done["expired_at"] == 1070
+    assert done["request_counts"] == {"total": 3, "completed": 2, "failed": 1}
+    out = b.files.content("acme", done["output_file_id"]).splitlines()
+    err = [json.loads(x) for x in b.files.content("acme", done["error_file_id"]).splitlines()]
+    assert len(out) == 2 and [e["error"]["code"] for e in err] == ["batch_expired"]
+    assert err[0]["custom_id"] == "c"
