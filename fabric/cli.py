@@ -103,7 +103,9 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
                     _stop_on_signals()  # again: connecting to Ray installed its own handler
                     status.stop()
                     out.log(f"fabric up at [cyan]{fab.base_url}[/] "
-                            f"(deploy {fab.timings.get('deploy_s', 0):.0f} s)")
+                            f"(deploy {fab.timings.get('deploy_s', 0):.0f} s)"
+                            + (f"; live page [cyan]{fab.tenant_api_url.removesuffix('/v1')}/ui[/]"
+                               if fab.tenant_api_url else ""))
                     workload = AgentWorkload(agents=agents, steps=steps, max_tokens=max_tokens,
                                              model=spec.model.id)
                     events: list[dict] = []
@@ -174,6 +176,9 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
                           f"(model {spec.model.id}); Ray/vLLM output → {log}; Ctrl-C stops")
                 for region, url in fab.regional_urls.items():
                     out.print(f"  region {region}: [cyan]{url}[/]")
+                if fab.tenant_api_url:
+                    key = "?key=<operator key>" if spec.endpoint.operator_key_sha256 else ""
+                    out.print(f"  live page: [cyan]{fab.tenant_api_url.removesuffix('/v1')}/ui{key}[/]")
                 while True:
                     time.sleep(3600)
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ def serve_config(spec: FabricSpec, sources: dict[str, str]) -> dict:
     from fabric.layers.llm import llm_config_fields
     from fabric.layers.tenant_api import APP_NAME as TENANT_APP
     from fabric.layers.tenant_api import ROUTE_PREFIX
+    from fabric.layers.ui import ui_args
 
     apps = [{"name": model_app_name(spec, m), "route_prefix": model_prefix(spec, m),
              "import_path": "ray.serve.llm:build_openai_app",
@@ -39,7 +40,8 @@ def serve_config(spec: FabricSpec, sources: dict[str, str]) -> dict:
                      "args": gateway_args(spec, urls, region.name)})
     apps.append({"name": TENANT_APP, "route_prefix": ROUTE_PREFIX,
                  "import_path": "fabric.layers.tenant_api:build_tenant_api",
-                 "args": {"tenants": [t.model_dump() for t in spec.tenants]}})
+                 "args": {"tenants": [t.model_dump() for t in spec.tenants],
+                          "ui": ui_args(spec)}})
     return {"proxy_location": "HeadOnly",
             "http_options": {"host": spec.endpoint.host, "port": spec.endpoint.port},
             "applications": apps}

@@ -249,6 +249,9 @@ class EndpointSpec(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     max_body_mb: float = Field(8.0, gt=0, le=1024, description="larger request bodies get a 413")
     max_file_mb: float = Field(200.0, gt=0, le=4096, description="larger Batch API uploads get a 400")
+    operator_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description=(
+        "the key that opens the live page /fabric/ui (?key=...); None: the page is served only "
+        "when the endpoint listens on loopback"))
 
 
 class FabricSpec(_Strict):

@@ -42,11 +42,12 @@ def metrics_urls() -> list[str]:
 def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     """Snapshot of every layer (the caller is connected to the cluster)."""
     from fabric.layers.stack import fabric_actor_names
+    from fabric.scheduling.scorers import renewable_share
 
     names = fabric_actor_names()
     sites = ray.get([ray.get_actor(n, namespace=naming.NAMESPACE).state.remote()
                      for n in names if n.startswith("fabric:aidc:")], timeout=30)
-    table, replicas = None, None
+    table, replicas, st = None, None, {}
     if naming.SCHEDULER in names:
         scheduler = ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)
         table = ray.get(scheduler.routing_table.remote(), timeout=30)
@@ -72,9 +73,11 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
             s["routing_weight"] = table["weights"].get(s["site"], 0.0)
             s["cost_usd_per_mtok"] = table.get("cost_usd_per_mtok", {}).get(s["site"])
         reg["endpoint"] = (regional or {}).get(s["region"]) or endpoint
+        s["renewable_share"] = round(renewable_share(s.get("source_mix") or {}), 4)
     return {"sites": [{k: v for k, v in s.items() if k != "node_readings"} for s in sites],
             "nodes": nodes, "regions": list(regions.values()), "routing_table": table,
-            "replica_targets": replicas,
+            "replica_targets": replicas, "policy": st.get("policy"), "tick": st.get("ticks"),
+            "actions": st.get("actions", []),
             "actors": names, "metrics": metrics_urls()}
 
 

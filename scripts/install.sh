@@ -41,5 +41,19 @@ else
   echo "usage: $0 [cpu|gpu]" >&2; exit 2
 fi
 
+# The live page's browser test drives Debian's chromium (a browser download does not work
+# offline); it is installed where this runs as root with apt, else said what is missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Debian's chromium (the live page's browser test)"
+    if ! { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+           apt-get install -y -q --no-install-recommends chromium >/dev/null; }; then
+      echo "warning: apt-get could not install chromium: tests/integration/test_ui.py will fail" >&2
+    fi
+  else
+    echo "note: no chromium here: tests/integration/test_ui.py needs it ('apt-get install chromium')" >&2
+  fi
+fi
+
 echo "==> checking the engine imports"
 "$venv/bin/python" -c "import vllm, transformers, ray.serve.llm; from transformers import LlamaForCausalLM; print('vllm', vllm.__version__, '| ray', __import__('ray').__version__)"

@@ -26,10 +26,11 @@ import time
 
 import ray
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from fabric.layers.errors import openai_error
+from fabric.layers.ui import MAX_STREAMS, LiveState, page, ui_args
 from fabric.metering.report import read_usage, totals
 from fabric.metering.tenants import Refusal
 from fabric.metering.tenants import from_spec as tenant_gate
@@ -121,9 +122,10 @@ def tenant_usage(root: str, tenant: str, since=None, until=None, group_by=None) 
                   max_ongoing_requests=256)
 @serve.ingress(app)
 class TenantAPI:
-    def __init__(self, tenants: list[dict]):
+    def __init__(self, tenants: list[dict], ui: dict | None = None):
         self.gate = tenant_gate(tenants, None, share=1.0)
         self.root: str | None = None
+        self.live = LiveState(**(ui or {}))
 
     def _tenant(self, request: Request):
         tenant = self.gate.authenticate(request.headers.get("authorization", ""))
@@ -214,13 +216,45 @@ class TenantAPI:
         return JSONResponse(job)
 
 
+    # the operator's live page (fabric.layers.ui)
+    @app.get("/ui")
+    async def ui_page(self, request: Request) -> Response:
+        return self.live.refusal(dict(request.query_params)) or HTMLResponse(page())
+
+    @app.get("/ui/state")
+    async def ui_state(self, request: Request) -> Response:
+        refused = self.live.refusal(dict(request.query_params))
+        if refused:
+            return refused
+        try:
+            state = await self.live.latest()
+        except Exception as exc:
+            return openai_error(503, f"the fabric's state is not readable now: {exc}")
+        return JSONResponse(json.loads(json.dumps(state, default=str)))
+
+    @app.get("/ui/events")
+    async def ui_events(self, request: Request) -> Response:
+        refused = self.live.refusal(dict(request.query_params))
+        if refused:
+            return refused
+        if self.live.streams >= MAX_STREAMS:
+            return openai_error(429, f"{MAX_STREAMS} live pages are open already")
+        return StreamingResponse(self.live.events(request), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
+
+    @app.api_route("/ui/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    async def ui_unknown(self, rest: str, request: Request) -> Response:
+        return openai_error(404, f"no such page: /fabric/ui/{rest}", None, None, "not_found")
+
+
 def deploy_tenant_api(spec) -> str:
     """Deploy the tenants' API; returns its base URL (``.../fabric/v1``)."""
-    serve.run(build_tenant_api({"tenants": [t.model_dump() for t in spec.tenants]}),
+    serve.run(build_tenant_api({"tenants": [t.model_dump() for t in spec.tenants],
+                                "ui": ui_args(spec)}),
               name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
     return f"http://{spec.endpoint.host}:{spec.endpoint.port}{ROUTE_PREFIX}/v1"
 
 
 def build_tenant_api(args: dict):
     """Serve config builder (``import_path: fabric.layers.tenant_api:build_tenant_api``)."""
-    return TenantAPI.bind(args.get("tenants") or [])
+    return TenantAPI.bind(args.get("tenants") or [], args.get("ui"))
