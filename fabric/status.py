@@ -42,6 +42,7 @@ def metrics_urls() -> list[str]:
 def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     """Snapshot of every layer (the caller is connected to the cluster)."""
     from fabric.layers.stack import fabric_actor_names
+    from fabric.metering.ledger import LEDGER_NAME
     from fabric.scheduling.scorers import renewable_share
 
     names = fabric_actor_names()
@@ -54,6 +55,13 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
         st = ray.get(scheduler.status.remote(), timeout=30)
         replicas = {"targets": st.get("replica_targets", {}), "drained": st.get("drained_sites", []),
                     "parked": st.get("parked_sites", [])}
+    recent = None
+    if LEDGER_NAME in names:  # the last minute per site and model (the live page's)
+        try:
+            ledger = ray.get_actor(LEDGER_NAME, namespace=naming.NAMESPACE)
+            recent = ray.get(ledger.recent_summary.remote(60.0), timeout=30)
+        except Exception:  # a restarting ledger leaves it out this time
+            recent = None
     nodes = [{"site": s["site"], "region": s["region"], **{k: r[k] for k in (
         "node_id", "source", "power_w", "engine_utilisation", "inflight", "replicas",
         "tokens_per_s", "requests_per_s")},
@@ -77,7 +85,7 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     return {"sites": [{k: v for k, v in s.items() if k != "node_readings"} for s in sites],
             "nodes": nodes, "regions": list(regions.values()), "routing_table": table,
             "replica_targets": replicas, "policy": st.get("policy"), "tick": st.get("ticks"),
-            "actions": st.get("actions", []),
+            "actions": st.get("actions", []), "recent": recent,
             "actors": names, "metrics": metrics_urls()}
 
 

@@ -6,9 +6,11 @@ acknowledged, so nothing acknowledged is lost and nothing is counted twice."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import ray
 
+from fabric.metering.recent import RecentWindow
 from fabric.metering.store import LedgerStore
 
 LEDGER_NAME = "fabric:ledger"
@@ -29,6 +31,7 @@ class TokenLedger:
         self.root = root
         self.flush_s = flush_s
         self.received = 0
+        self.recent = RecentWindow()  # the last minutes, for the live page
         self._flusher = None
 
     @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
@@ -36,7 +39,9 @@ class TokenLedger:
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
         self.received += len(records)
-        return self.store.append(records)
+        acknowledged = self.store.append(records)
+        self.recent.add(records, time.time())
+        return acknowledged
 
     async def _flush_forever(self) -> None:
         while True:
@@ -45,6 +50,10 @@ class TokenLedger:
 
     async def flush(self) -> int:
         return self.store.flush()
+
+    async def recent_summary(self, window_s: float = 60.0) -> dict:
+        """Per site and model over the last ``window_s`` (at most five minutes)."""
+        return self.recent.summary(time.time(), min(window_s, self.recent.keep_s))
 
     async def info(self) -> dict:
         return {"root": self.root, "received": self.received}

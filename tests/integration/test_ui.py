@@ -13,7 +13,7 @@ import urllib.parse
 import httpx
 import pytest
 
-from conftest import wait_for
+from conftest import HTTP, wait_for
 
 pytestmark = pytest.mark.integration
 # what Chromium needs here: as root, and with nothing reaching for Google's hosts
@@ -66,6 +66,20 @@ def test_the_live_page_draws_the_fabric_and_shows_a_curtailment(fabric, power, t
                 assert cell("region") == snap[name]["region"]
                 assert cell("budget_kw") == f"{snap[name]['budget_w'] / 1e3:.1f}"
                 assert cell("curtailed") == "no"
+
+            # the last minute per site and model, from the ledger: served and refused requests
+            body = {"model": fabric.spec.model.id, "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "live page"}]}
+            for _ in range(3):
+                assert HTTP.post(f"{fabric.base_url}/chat/completions", json=body).status_code == 200
+            mars = {**body, "metadata": {"fabric_region": "mars"}}
+            assert HTTP.post(f"{fabric.base_url}/chat/completions", json=mars).status_code == 503
+            page.wait_for_function("""() => {
+                const rows = [...document.querySelectorAll('#recent tbody tr')];
+                const cell = (r, f) => r.querySelector(`td[data-field="${f}"]`).textContent;
+                return rows.some(r => Number(cell(r, 'served')) > 0 && cell(r, 'ttft_p50_ms') !== '-')
+                    && rows.some(r => cell(r, 'refused').includes('503'));
+            }""", timeout=20_000)
 
             # a curtailment raised now is on the page within 5 s, and marked on the chart
             cut = power.curtailment("cloud-a")

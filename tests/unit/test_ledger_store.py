@@ -152,3 +152,29 @@ def test_the_counterfactual_is_least_loads_spread_priced_at_its_sites():
     assert usd == pytest.approx(0.5 * 10 + 0.5 * 2 * 90)
     assert grams == pytest.approx((0.5 * 100 + 0.5 * 2 * 500) * 1e3)
     assert price(3.6e9, cf["dear"])[0] == pytest.approx(0.5 * 10 / 2 + 0.5 * 90)
+
+
+def test_the_recent_window_summarises_the_last_minute_per_site_and_model():
+    from fabric.metering.recent import RecentWindow
+
+    w = RecentWindow(keep_s=300)
+    ok = lambda i, ttft, site="cloud-a": {  # noqa: E731
+        "request_id": f"r{i}", "site": site, "model": "m", "status": 200, "ttft_s": ttft,
+        "prompt_tokens": 10, "completion_tokens": 90, "energy_cost_usd": 1e-4, "carbon_g": 0.5,
+        "counterfactual_energy_cost_usd": 3e-4, "counterfactual_carbon_g": 2.5}
+    w.add([ok(99, 5.0, "edge-a")], now=650.0)  # kept 300 s only: gone at the next add
+    w.add([ok(i, 0.1 * (i + 1)) for i in range(10)], now=1000.0)
+    w.add([ok(3, 9.9)], now=1001.0)  # sent again after a ledger restart: counted once
+    w.add([{"request_id": "x", "site": "", "model": "m", "status": 429},
+           {"request_id": "y", "site": "", "model": "m", "status": 429},
+           {"request_id": "old", "site": "edge-a", "model": "m", "status": 200}], now=1001.0)
+    s = {(g["site"], g["model"]): g for g in w.summary(now=1030.0, window_s=60)["groups"]}
+    a = s[("cloud-a", "m")]
+    assert a["requests"] == a["served"] == 10 and a["refused"] == {}
+    assert a["ttft_p50_s"] == 0.55 and 0.99 <= a["ttft_p99_s"] <= 1.0
+    assert a["tokens_out_per_s"] == 15.0 and a["usd_per_mtok"] == 1.0 and a["gco2_per_mtok"] == 5000
+    assert abs(a["saved_usd"] - 2e-3) < 1e-12 and abs(a["saved_kg_co2"] - 0.02) < 1e-12
+    assert s[("", "m")]["refused"] == {"429": 2} and s[("", "m")]["ttft_p50_s"] is None
+    assert ("edge-a", "m") in s and s[("edge-a", "m")]["requests"] == 1
+    assert w.summary(now=1100.0, window_s=60)["groups"] == []  # a quiet minute
+    assert len(w.rows) == 13 and "r99" not in w.ids
