@@ -36,7 +36,11 @@ Writes bench/results/overhead.json; server logs go to bench/results/overhead-<ta
 About 10 minutes with the defaults.
 
     .venv/bin/python bench/overhead.py [--targets a,b,c,d,e] [--requests-per-level 128]
-                                       [--concurrency 1,16,64] [--profile]
+                                       [--concurrency 1,16,64] [--profile] [--open-loop 2,6]
+
+``--open-loop RATES`` adds, per target, open-loop streaming levels: the shipped Mooncake
+conversation slice's arrival times rescaled to each offered rate (requests sent when they
+arrive, not when a worker is free), with d/a and d/c ratios of throughput and TTFT p50.
 """
 
 from __future__ import annotations
@@ -171,6 +175,45 @@ class Load:
 
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             return results, time.perf_counter() - start
+
+
+    async def open_loop(self, arrivals: list[float], stream: bool) -> tuple[list[dict], float]:
+        """Open-loop load: each request sent at its arrival time (s from the start), whether or
+        not earlier ones have finished, as real users arrive."""
+        import aiohttp
+
+        results: list[dict] = []
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=600)) as session:
+            start = time.perf_counter()
+
+            async def at(t: float):
+                await asyncio.sleep(max(0.0, start + t - time.perf_counter()))
+                late = time.perf_counter() - start - t
+                r = await self.one(session, stream)
+                r["late_s"] = late  # how far behind its arrival the client sent it
+                results.append(r)
+
+            await asyncio.gather(*(at(t) for t in arrivals))
+            return results, time.perf_counter() - start
+
+
+def trace_arrivals(n: int, rate: float) -> list[float]:
+    """The shipped Mooncake conversation slice's first ``n`` arrival times, rescaled to ``rate``
+    requests/s on average: its bursts kept, its prompt lengths not (the fixed prompts are)."""
+    from importlib import resources
+
+    import numpy as np
+
+    from fabric.sim.traces import MooncakeTrace
+
+    path = resources.files("fabric").joinpath("data/traces/mooncake_conversation_head2000.jsonl")
+    t = np.concatenate([b.t for b in MooncakeTrace(str(path)).batches()])[:n]
+    t = t - t[0]
+    if len(t) < 2 or t[-1] <= 0:
+        return [i / rate for i in range(len(t))]
+    return [float(x) for x in t * ((len(t) - 1) / rate / t[-1])]
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -424,6 +467,16 @@ def measure_target(target: str, args, model_path: str, engine_kwargs: dict, engi
                     + (f"  burst {row['burst_share']:.0%}" if row["burst_share"] is not None else "")
                     + ("  [DISTURBED by other load]" if row["disturbed"] else ""))
         out["levels"] = levels
+        for rate in args.open_loop:
+            arrivals = trace_arrivals(args.open_loop_requests, rate)
+            results, wall = asyncio.run(load.open_loop(arrivals, True))
+            row = summarize(results, wall, 0, True)
+            row.update(mode="open", offered_rps=rate,
+                       client_late_p99_ms=_r(pct([r["late_s"] * 1e3 for r in results], 99)))
+            out.setdefault("open_loop", []).append(row)
+            say(f"  open {rate:>5.1f} req/s offered {row['ok']:>4}/{row['requests']:<4} "
+                f"{row['req_per_s']:>7.1f} req/s  ttft p50 {_fmt(row['ttft_p50_ms'])} ms  "
+                f"p99 {_fmt(row['ttft_p99_ms'])} ms  lat p50 {_fmt(row['latency_p50_ms'])} ms")
         if args.profile and str(max(args.concurrency)) in out.get("cpu", {}):
             c = max(args.concurrency)
             procs = profile_targets(out["cpu"][str(c)], args.profile_procs)
@@ -490,6 +543,34 @@ def report(results: dict, args) -> dict:
             cells = {(x["concurrency"], x["stream"]): x["throughput_ratio"] for x in r["throughput"]}
             line = "".join(f"{cells.get((c, s), float('nan')):>13.3f}" for c in args.concurrency for s in (True, False))
             say(f"{name:<6}{line}{_fmt(r['ttft_p50_delta_ms_c1']):>12}")
+
+    open_rows = {t: r["open_loop"] for t, r in results.items() if r.get("open_loop")}
+    if open_rows:
+        say(f"\nopen loop: the shipped Mooncake slice's arrivals ({args.open_loop_requests} "
+            "requests) rescaled to each offered rate, streaming")
+        say(f"{'target':<32} {'offered':>8} {'req/s':>8} {'ttft50':>8} {'ttft99':>8} {'lat50':>8} "
+            f"{'lat99':>8} {'ok':>9}")
+        for t, rows in open_rows.items():
+            for l in rows:
+                say(f"{t + ' ' + results[t]['name']:<32} {l['offered_rps']:>8.1f} {l['req_per_s']:>8.1f} "
+                    f"{_fmt(l['ttft_p50_ms']):>8} {_fmt(l['ttft_p99_ms']):>8} "
+                    f"{_fmt(l['latency_p50_ms']):>8} {_fmt(l['latency_p99_ms']):>8} "
+                    f"{l['ok']:>4}/{l['requests']:<4}")
+        for top, base in (("d", "a"), ("d", "c")):
+            if top not in open_rows or base not in open_rows:
+                continue
+            rows = []
+            for d, b in zip(open_rows[top], open_rows[base]):
+                rows.append({"offered_rps": d["offered_rps"],
+                             "throughput_ratio": round(d["req_per_s"] / b["req_per_s"], 3) if b["req_per_s"] else None,
+                             "ttft_p50_ratio": round(d["ttft_p50_ms"] / b["ttft_p50_ms"], 3)
+                             if d["ttft_p50_ms"] and b["ttft_p50_ms"] else None,
+                             "ttft_p50_delta_ms": round(d["ttft_p50_ms"] - b["ttft_p50_ms"], 2)
+                             if d["ttft_p50_ms"] is not None and b["ttft_p50_ms"] is not None else None})
+                say(f"  {top}/{base} at {d['offered_rps']:g} req/s: throughput "
+                    f"{rows[-1]['throughput_ratio']}, TTFT p50 {rows[-1]['ttft_p50_ratio']}x "
+                    f"({rows[-1]['ttft_p50_delta_ms']} ms)")
+            ratios[f"open {top}/{base}"] = rows
 
     goals = {}
     if "d/a" in ratios:
@@ -597,6 +678,11 @@ def main() -> dict:
                     help="py-spy the busiest serving processes during an extra c=max streaming run")
     ap.add_argument("--profile-procs", type=int, default=4, help="how many processes to sample")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples per second")
+    ap.add_argument("--open-loop", default="",
+                    help="comma-separated offered rates (req/s) for open-loop levels replaying "
+                         "the shipped trace slice's arrivals (e.g. 2,6)")
+    ap.add_argument("--open-loop-requests", type=int, default=240,
+                    help="requests per open-loop level")
     add_machine_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args()
@@ -604,6 +690,9 @@ def main() -> dict:
     if not targets or set(args.targets.split(",")) - set(TARGETS):
         ap.error(f"--targets: choose from {','.join(TARGETS)}")
     args.concurrency = sorted({int(c) for c in args.concurrency.split(",")})
+    args.open_loop = [float(r) for r in args.open_loop.split(",") if r.strip()]
+    if any(r <= 0 for r in args.open_loop):
+        ap.error("--open-loop: rates must be > 0")
 
     from fabric.model import ensure_model
 
@@ -632,6 +721,9 @@ def main() -> dict:
                           "chat_template_tokens": overhead, "max_tokens": args.max_tokens,
                           "ignore_eos": True, "engine_kwargs": engine_kwargs, "engine_env": engine_env,
                           "client": "aiohttp closed loop, one process", "cpus": os.cpu_count(),
+                          "open_loop_rps": args.open_loop,
+                          "open_loop_requests": args.open_loop_requests,
+                          "open_loop_arrivals": "mooncake_conversation_head2000.jsonl, rescaled",
                           "bare_vllm_omp_threads": args.bare_omp_threads or "vLLM default",
                           "ray_engine_omp_threads": 1},
                "results": results, **summary}
