@@ -275,13 +275,14 @@ def simulate(spec_path: Optional[Path] = SpecOpt,
              policy: Optional[str] = typer.Option(None, help="scheduling policy (default: the spec's)"),
              seed: int = typer.Option(0),
              plots: Optional[Path] = typer.Option(None, help="write PNG traffic plots here"),
+             html: Optional[Path] = typer.Option(None, help="write the live page's views of the run to this one self-contained HTML file"),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Trace-driven simulation of the fabric with the live scheduling policies."""
     from fabric.sim.command import simulate as run_sim
 
     try:
         run_sim(spec_path, trace=trace, synthetic=synthetic, requests=requests, rate=rate,
-                load=load, sites=sites, policy=policy, seed=seed, plot_dir=plots,
+                load=load, sites=sites, policy=policy, seed=seed, plot_dir=plots, html=html,
                 json_out=as_json, console=console)
     except (ValueError, SpecError, OSError) as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -227,7 +227,7 @@ class TenantAPI:
         if refused:
             return refused
         try:
-            state = await self.live.latest()
+            state = await self.live.first()
         except Exception as exc:
             return openai_error(503, f"the fabric's state is not readable now: {exc}")
         return JSONResponse(json.loads(json.dumps(state, default=str)))

@@ -18,11 +18,13 @@ import hashlib
 import hmac
 import json
 import time
+from collections import deque
 from importlib import resources
 
 from fabric.layers.errors import openai_error
 
 PERIOD_S = 1.0
+HISTORY_S = 300.0   # the chart's window, kept here so a reloaded page keeps its chart
 MAX_STREAMS = 64
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -45,6 +47,7 @@ class LiveState:
         self.state: dict | None = None
         self.at = 0.0
         self.streams = 0
+        self.history: deque[dict] = deque()
         self._lock = asyncio.Lock()
 
     def refusal(self, query: dict):
@@ -67,7 +70,26 @@ class LiveState:
             if self.state is None or time.monotonic() - self.at >= PERIOD_S:
                 self.state = await asyncio.to_thread(_gather)
                 self.at = time.monotonic()
+                self._remember(self.state)
             return {**self.state, "server": self.server()}
+
+    def _remember(self, state: dict) -> None:
+        """The chart's point of this state (the page draws the same from each event)."""
+        sites = state.get("sites") or []
+        total = sum(s.get("tokens_per_s") or 0.0 for s in sites)
+        self.history.append({
+            "t": state["time"],
+            "weights": {s["site"]: s.get("routing_weight") or 0.0 for s in sites},
+            "shares": {s["site"]: (s.get("tokens_per_s") or 0.0) / total if total > 0 else 0.0
+                       for s in sites},
+            "curtailed": [s["site"] for s in sites if s.get("curtailed")]})
+        while self.history and self.history[0]["t"] < state["time"] - HISTORY_S:
+            self.history.popleft()
+
+    async def first(self) -> dict:
+        """The state with the chart's history: what a page gets first (on a reload too)."""
+        state = await self.latest()
+        return {**state, "history": list(self.history)}
 
     def server(self) -> dict:
         """What this replica holds for the page (a leak shows here): open streams, asyncio
@@ -80,10 +102,12 @@ class LiveState:
     async def events(self, request):
         """Server-sent events: the state once a second until the client goes away."""
         self.streams += 1
+        fresh = True
         try:
             while not await request.is_disconnected():
                 try:
-                    body = json.dumps(await self.latest(), default=str)
+                    body = json.dumps(await (self.first() if fresh else self.latest()), default=str)
+                    fresh = False
                 except Exception as exc:  # the page says so, and the stream goes on
                     body = json.dumps({"error": f"the fabric's state is not readable now: {exc}"})
                 yield f"data: {body}\n\n"

@@ -18,6 +18,7 @@ from fabric.spec import default_spec_path, load_spec
 
 SYNTHETIC = ("poisson", "bursty", "diurnal")
 DEFAULT_REQUESTS = 100_000
+HTML_BINS = 240          # time bins of the --html page
 
 
 def capacity_rps(fleet: Fleet, prompt_tokens: float, output_tokens: float) -> float:
@@ -55,7 +56,8 @@ def simulate(spec_path: str | Path | None = None, trace: str | Path | None = Non
              synthetic: str = "diurnal", requests: int | None = None, rate: float | None = None,
              load: float = 0.6, sites: int | None = None, policy: str | None = None, seed: int = 0,
              tick_s: float | None = None, slo_ttft_s: float | None = None,
-             plot_dir: str | Path | None = None, json_out: bool = False,
+             plot_dir: str | Path | None = None, html: str | Path | None = None,
+             json_out: bool = False,
              console: Console | None = None) -> SimResult:
     """Simulate the fabric of ``spec_path`` (default: deployments/local.yaml), scaled to
     ``sites`` sites if given, under ``policy`` (default: the spec's).
@@ -64,7 +66,7 @@ def simulate(spec_path: str | Path | None = None, trace: str | Path | None = Non
     from a seeded ``synthetic`` generator (poisson, bursty, diurnal) of ``requests`` requests
     (default 100,000) at ``rate`` requests/s (default: ``load`` × the fleet's capacity).
     Prints the report (tables, or JSON with ``json_out``) to ``console`` and writes traffic
-    plots to ``plot_dir`` when given.
+    plots to ``plot_dir`` and the live page's views of the run to ``html`` when given.
     """
     if policy is not None:
         known_policy(policy)  # a registered name or module:Class, else a ValueError
@@ -74,7 +76,7 @@ def simulate(spec_path: str | Path | None = None, trace: str | Path | None = Non
     if sites is not None:
         spec = scale_spec(spec, sites)
     config = SimConfig.from_spec(spec, policy=policy, tick_s=tick_s, slo_ttft_s=slo_ttft_s)
-    sim = Simulator(spec, config)
+    sim = Simulator(spec, config, record_bins=HTML_BINS if html is not None else None)
     if trace is not None:
         source = open_trace(trace)
         if requests is not None:
@@ -99,5 +101,9 @@ def simulate(spec_path: str | Path | None = None, trace: str | Path | None = Non
         files = traffic_plots(sim.timeline, sim.fleet.names, sim.curtailments(), plot_dir,
                               f"{result.policy} on {result.spec}: traffic share by site")
         result.plots = [str(f) for f in files]
+    if html is not None:
+        from fabric.sim.html import write_html
+
+        result.plots.append(str(write_html(sim.recorder, result, html)))
     result.print(console or Console(), json_out=json_out)
     return result

@@ -59,6 +59,7 @@ from fabric.scheduling.scorers import renewable_share
 from fabric.scheduling.signals import SiteSignals, Snapshot
 from fabric.sim.fleet import Fleet, build_fleet
 from fabric.sim.gpus import GpuType, ServingProfile
+from fabric.sim.record import Recorder
 from fabric.sim.results import (
     HIST_EDGES,
     GroupResult,
@@ -245,13 +246,18 @@ def interleave(counts: np.ndarray) -> np.ndarray:
 
 
 class Simulator:
-    def __init__(self, spec: FabricSpec, config: SimConfig | None = None):
+    def __init__(self, spec: FabricSpec, config: SimConfig | None = None,
+                 record_bins: int | None = None):
+        """``record_bins``: also keep the live page's views in that many time bins
+        (``self.recorder``)."""
         self.spec = spec
         self.config = config or SimConfig.from_spec(spec)
         self.fleet: Fleet = build_fleet(spec, self.config.model_params_b, self.config.gpu_types,
                                         self.config.profiles)
         self.policy = make_policy(self.config.policy, **self.config.policy_kwargs())
         self.timeline = Timeline(len(self.fleet), self.config.tick_s, self.config.timeline_bins)
+        self.recorder = Recorder(self.fleet.names, self.fleet.regions, self.fleet.replicas,
+                                 spec.model.id, self.config.tick_s, record_bins) if record_bins else None
 
     def curtailments(self) -> list[tuple[str, float, float, float]]:
         """(site, start, end, budget fraction) in simulation seconds."""
@@ -277,6 +283,8 @@ class Simulator:
             batch = stream.take(t0 + tick)
             served = state.step(t0, batch, weights, trace)
             self.timeline.add(k, served)
+            if self.recorder is not None:
+                self.recorder.add(k, self._table, self._snapshot, state.figures)
             k += 1
         return state.result(self.spec.name, self.policy.name, trace, k * tick,
                             time.perf_counter() - wall0)
@@ -301,7 +309,9 @@ class Simulator:
         for s in sites:
             for key, value in self.config.signals.get(s.name, {}).items():
                 setattr(s, key, value)
-        table = self.policy.table(Snapshot.model_construct(sites=sites, tick=k), k + 1)
+        snapshot = Snapshot.model_construct(sites=sites, tick=k)
+        table = self.policy.table(snapshot, k + 1)
+        self._table, self._snapshot = table, snapshot
         w = np.fromiter((table.weights.get(n, 0.0) for n in f.names), float, len(f.names))
         spill = set(table.overflow)
         up = (f.replicas > 0) & state.serving
@@ -405,6 +415,8 @@ class _State:
         m = len(batch)
         served_now = np.zeros(self.n)
         out_tokens_now = np.zeros(self.n)
+        dropped_now = np.zeros(self.n)
+        ttft_site, ttft = np.zeros(0, np.int64), np.zeros(0)
         if m:
             self.arrivals += m
             prefill = np.maximum(batch.prompt - batch.cached, 0) if cfg.prefix_cache else batch.prompt
@@ -443,7 +455,9 @@ class _State:
             site["kept"] += count(origin[ok & ~moved])
             site["overflow_in"] += count(final[moved])
             site["overflow_out"] += count(origin[moved])
-            site["dropped"] += count(origin[routed & ~ok])
+            dropped_now = count(origin[routed & ~ok])
+            site["dropped"] += dropped_now
+            ttft_site = s
             site["slo_met"] += count(s[met])
             out_tokens_now = count(s, batch.output[ok])
             site["output_tokens"] += out_tokens_now
@@ -459,10 +473,11 @@ class _State:
         facility_w = np.where(self.released, 0.0, (f.idle_w + f.dynamic_w * self.util) * f.pue)
         self.facility_w = facility_w
         energy_j = facility_w * tick
+        cost_now, carbon_now = energy_j / J_PER_MWH * self.price, energy_j / 3.6e6 * self.carbon
         site = self.site
         site["energy_j"] += energy_j
-        site["cost_usd"] += energy_j / J_PER_MWH * self.price
-        site["carbon_g"] += energy_j / 3.6e6 * self.carbon
+        site["cost_usd"] += cost_now
+        site["carbon_g"] += carbon_now
         site["busy_s"] += done
         site["curtailed_s"] += np.where(self.curtailed, tick, 0.0)
         site["parked_s"] += np.where(self.released, tick, 0.0)
@@ -474,6 +489,11 @@ class _State:
         running = np.minimum(f.replicas * f.batch, np.divide(
             self.util / mean_work * service, speed, out=np.zeros(self.n), where=speed > 0))
         self.inflight = np.rint(running + self.queue / mean_work).astype(np.int64)
+        self.figures = {"served": served_now, "dropped": dropped_now, "output_tokens": out_tokens_now,
+                        "energy_j": energy_j, "cost_usd": cost_now, "carbon_g": carbon_now,
+                        "ttft_site": ttft_site, "ttft": ttft, "budget_w": self.budget,
+                        "price": self.price, "carbon": self.carbon, "renewable": self.renewable,
+                        "curtailed": self.curtailed}
         return served_now
 
     def _admit(self, idx, sites, batch, prefill, t0, speed, final, wait) -> None:

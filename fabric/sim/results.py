@@ -137,4 +137,4 @@ class SimResult(BaseModel):
         console.print(self.summary_table())
         console.print(self.sites_table())
         for p in self.plots:
-            console.print(f"plot: {p}")
+            console.print(f"wrote: {p}")

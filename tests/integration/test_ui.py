@@ -91,6 +91,12 @@ def test_the_live_page_draws_the_fabric_and_shows_a_curtailment(fabric, power, t
             assert page.inner_text('#sites tr[data-site="cloud-a"] td[data-field="curtailed"]') == "yes"
             page.wait_for_selector('#chart .power-event[data-site="cloud-a"]', state="attached",
                                    timeout=5_000)
+            # a reloaded page keeps the chart: the server holds its last five minutes
+            page.reload()
+            page.wait_for_selector('#chart .power-event[data-site="cloud-a"]', state="attached",
+                                   timeout=5_000)
+            assert page.eval_on_selector('#chart polyline[data-site="cloud-a"]',
+                                         "e => e.points.length") > 1
             shot = tmp_path / "live-page.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
