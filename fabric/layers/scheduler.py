@@ -100,6 +100,7 @@ class Scheduler:
                               self._latency[st["site"]], self._figures[st["site"]])
                  for st in self._states]
         for s in sites:  # parked capacity: released (or booting), with what it has when up
+            s.replicas_max = self._per_site.get(s.name, 0)
             if s.name in self._released:
                 if s.replicas:
                     self._released.discard(s.name)  # its engines serve again
@@ -181,7 +182,8 @@ class Scheduler:
         """Start a rescale for each model whose planned target differs from Serve's (one at a
         time per model; it runs beside the tick loop, never inside it)."""
         now = time.time()
-        for model, plan in self._planner.plan(snap, now, frozenset(self._table.parked)).items():
+        for model, plan in self._planner.plan(snap, now, frozenset(self._table.parked),
+                                              self._table.keep_engines).items():
             task = self._scaling.get(model)
             if (task and not task.done()) or plan.target == self._targets.get(model) \
                     or now < self._scale_retry_at.get(model, 0.0):

@@ -15,12 +15,16 @@ service time by Little's law where a site's slots are full), smoothed over ``dem
 a rise beyond a tick's Poisson noise is taken at once, so a burst is met within a tick. Power is a hard limit, as before: a site with negative headroom gets no
 new traffic from the next tick on; it comes back once its curtailment is over and its
 headroom exceeds ``readmit_headroom``, regaining at most ``ramp_per_tick`` of its allotment
-per tick.
+per tick. A curtailed site whose capped GPUs still make a mean first token within
+``capped_ttft_share`` of the SLO comes back during its event too, at the capacity its reduced
+budget allows (``serve_capped``): a grid cut to half is half a site, not none.
 
-Capacity follows demand: a site the merit order has not needed for ``park_after_s`` is
-marked parked (its engines can stop and its node be released), cheapest-last, while the
-unparked capacity stays above the demand forecast ``cold_start_s`` ahead (a linear trend)
-plus ``reserve``; a parked site is unparked as soon as that margin needs it, or when a
+Capacity follows demand, engine by engine: the unparked capacity stays above the demand
+forecast ``cold_start_s`` ahead (a linear trend) plus ``reserve`` — whole sites cheapest to
+keep on first, then what they hold beyond that need taken off the sites the merit order fills
+last (``keep_engines``: fewer engines there) — and a site the merit order has not needed for
+``park_after_s`` (and a cold start) is marked parked (its engines stop, its node can be
+released); a parked site is unparked as soon as that margin needs it, or when a
 request only it may serve arrives (``unpark``: privacy or region constraints). A site that is
 serving anything (requests in flight, tokens lately), or booting after a request woke it, is
 never idle. The table lists parked sites; the simulator releases them (zero power, a cold start to come
@@ -49,6 +53,12 @@ class DispatchParams(BaseModel):
     slo_target: float = Field(0.99, gt=0, lt=1, description="share of requests within it")
     max_utilisation: float = Field(0.98, gt=0, le=1, description="never plan a site above this")
     readmit_headroom: float = Field(0.05, ge=0, description="headroom share needed to come back")
+    serve_capped: bool = Field(True, description="a curtailed site comes back during its event "
+                               "(once its capped GPUs draw under the budget) at the capacity "
+                               "that budget allows, in merit order")
+    capped_ttft_share: float = Field(0.25, gt=0, le=1, description="a curtailed site serves "
+                                     "if its capped GPUs make a mean request's first token "
+                                     "within this share of the SLO")
     ramp_per_tick: float = Field(0.25, gt=0, le=1, description="max allotment regained per tick")
     demand_tau_s: float = Field(20.0, ge=0, description="time constant of the demand estimate; "
                                 "a rise beyond Poisson noise (3 sigma) is taken at once")
@@ -81,7 +91,8 @@ class EconomicDispatch(Policy, name="fabric"):
         self.shed: set[str] = set()
         self.ramp: dict[str, float] = {}
         self.groups: dict[str, _Group] = {}
-        self.idle_ticks: dict[str, int] = {}   # site -> ticks the merit order did not need it
+        self.recent_need: dict[str, deque[int]] = {}  # site -> engines needed, last ticks
+        self.keep_engines: dict[str, int] = {}  # site -> engines kept where not all are
         self.parked: set[str] = set()
         self.woken: set[str] = set()           # unparked for a request, not serving yet
         self.costs: dict[str, float] = {}      # site -> $/Mtok, as of the last tick
@@ -95,12 +106,17 @@ class EconomicDispatch(Policy, name="fabric"):
     def unpark(self, site: str) -> bool:
         """A request only ``site`` may serve has come: bring it back now (and keep it for
         ``park_after_s`` at least). Returns whether it was parked."""
-        self.idle_ticks[site] = 0
+        self.recent_need.pop(site, None)  # a fresh window: kept park_after_s at least
         if site in self.parked:
             self.parked.discard(site)
             self.woken.add(site)
             return True
         return False
+
+    def _serves_capped(self, s: SiteSignals) -> bool:
+        """Whether a curtailed site's capped GPUs are still quick enough to serve: slowed
+        down, the long prompts' first tokens would miss the SLO first."""
+        return s.speed > 0 and s.prefill_s / s.speed <= self.p.capped_ttft_share * self.p.slo_ttft_s
 
     def capacity_rps(self, s: SiteSignals) -> float:
         """Requests/s the site takes within the SLO: its SLO-safe utilisation of its batch
@@ -113,6 +129,11 @@ class EconomicDispatch(Policy, name="fabric"):
                   slo_safe_utilisation(s.slots, service, prefill, self.p.slo_ttft_s, self.p.slo_target))
         slots_rps = rho * s.slots / service
         if s.throughput_rps > 0 and rho > 0:
+            # compute-bound: the site's GPUs as one server whose work queue must also keep
+            # the SLO (a small site, or a few engines of one, runs cooler than a big one)
+            work = 1.0 / (s.throughput_rps * speed)
+            rho_c = slo_safe_utilisation(1, work, prefill, self.p.slo_ttft_s, self.p.slo_target,
+                                         cap=self.p.max_utilisation)
             return min(slots_rps, self.p.max_utilisation * s.throughput_rps * speed)
         return slots_rps
 
@@ -151,7 +172,8 @@ class EconomicDispatch(Policy, name="fabric"):
     def weights(self, snapshot: Snapshot) -> dict[str, float]:
         serving = [s for s in snapshot.sites if s.replicas > 0 or s.parked]
         self.costs = {s.name: self.scoring.cost(s) for s in serving}
-        live = power_gate(serving, self.shed, self.ramp, self.p.readmit_headroom)
+        live = power_gate(serving, self.shed, self.ramp, self.p.readmit_headroom,
+                          self._serves_capped if self.p.serve_capped else None)
         by_model: dict[str, list[SiteSignals]] = {}
         for s in serving:
             by_model.setdefault(s.serves, []).append(s)
@@ -213,36 +235,69 @@ class EconomicDispatch(Policy, name="fabric"):
             shares = {s.name: 1.0 for s in usable}
         return shares
 
+    @staticmethod
+    def _engines(s: SiteSignals) -> int:
+        """The site's engine replicas with none parked."""
+        return max(s.replicas_max, s.replicas)
+
     def _plan_parking(self, g: _Group, order: list[SiteSignals], caps: dict[str, float]) -> None:
-        """Keep the cheapest sites that cover the forecast (``cold_start_s`` ahead) plus the
-        reserve unparked; park the others once unneeded for ``park_after_s``."""
+        """Keep the cheapest capacity that covers the forecast (``cold_start_s`` ahead) plus
+        the reserve: whole sites in order of their cost to keep on, less the engines beyond
+        the need at the sites the merit order fills last. A site keeps the most engines it
+        needed over the last ``park_after_s`` (a cold start at least), and is parked once it
+        needed none that long."""
         if not self.p.park:
             self.parked.clear()
+            self.keep_engines.clear()
             return
         forecast = self._forecast(g, self.p.cold_start_s)
         need = forecast * (1.0 + self.p.reserve)
-        covered, biggest, keep = 0.0, 0.0, set()
+        covered, biggest, needed, unit = 0.0, 0.0, {}, {}
         # cheapest to keep on: the marginal cost with the idle power spread over a full site
         for s in sorted(order, key=lambda s: (self.costs[s.name] * (1 + s.idle_w / s.dynamic_w)
                                               if s.dynamic_w else self.costs[s.name], s.name)):
-            if keep and covered >= need and (not self.p.contingency or covered - biggest >= forecast):
+            if needed and covered >= need and (not self.p.contingency or covered - biggest >= forecast):
                 break
-            keep.add(s.name)
-            covered += caps[s.name]
-            biggest = max(biggest, caps[s.name])
-        after = max(1, int(self.p.park_after_s / self.p.tick_s))
+            engines = max(1, self._engines(s))
+            full = caps[s.name] * engines / s.replicas if 0 < s.replicas < engines else caps[s.name]
+            needed[s.name], unit[s.name] = engines, full / engines
+            covered += full
+            biggest = max(biggest, full)
+        # what the kept sites hold beyond the need comes off the ones dearest to run (the last
+        # the merit order fills), engine by engine: no engine is kept on to sit idle
+        excess = covered - need if not self.p.contingency else 0.0
+        for name in sorted(needed, key=lambda n: (-self.costs[n], n)):
+            if excess <= 0:
+                break
+            if unit[name] <= 0:
+                continue
+            drop = min(needed[name], int(excess / unit[name] + 1e-9))
+            if drop >= sum(needed.values()):  # one engine stays on somewhere
+                drop -= 1
+            needed[name] -= drop
+            excess -= drop * unit[name]
+        # never release faster than capacity comes back: the window spans a cold start too
+        window = max(1, int(max(self.p.park_after_s, self.p.cold_start_s) / self.p.tick_s))
         for s in order:
             in_use = s.inflight > 0 or s.tokens_per_s > 0  # e.g. requests only it may serve
             booting = s.name in self.woken and s.parked  # woken for a request, still starting
             if not s.parked:
                 self.woken.discard(s.name)
-            if s.name in keep or in_use or booting:
-                self.idle_ticks[s.name] = 0
+            n = needed.get(s.name, 0)
+            if n == 0 and (in_use or booting):
+                n = 1 if s.name not in self.keep_engines else self.keep_engines[s.name]
+            recent = self.recent_need.setdefault(s.name, deque(maxlen=window))
+            recent.append(n)
+            if n:
                 self.parked.discard(s.name)  # needed: unparked now (it takes a cold start)
+            # fewer engines only once the window is full: what the site needed all along
+            keep = max(recent) if len(recent) == window else self._engines(s)
+            if keep == 0:
+                self.parked.add(s.name)
+            if 0 < keep < self._engines(s) and s.name not in self.parked:
+                self.keep_engines[s.name] = keep
             else:
-                self.idle_ticks[s.name] = self.idle_ticks.get(s.name, 0) + 1
-                if self.idle_ticks[s.name] >= after:
-                    self.parked.add(s.name)
+                self.keep_engines.pop(s.name, None)
 
     def table(self, snapshot: Snapshot, version: int) -> RoutingTable:
         t = super().table(snapshot, version)
@@ -251,5 +306,6 @@ class EconomicDispatch(Policy, name="fabric"):
         t.overflow = [s.name for s in merit if not t.weights.get(s.name) and s.headroom_w >= 0
                       and s.name not in self.parked and not s.parked]
         t.parked = sorted(self.parked)
+        t.keep_engines = dict(sorted(self.keep_engines.items()))
         t.cost_usd_per_mtok = {k: round(v, 6) for k, v in self.costs.items()}
         return t

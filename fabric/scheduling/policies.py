@@ -9,6 +9,7 @@ one instance per run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 from pydantic import BaseModel, Field
@@ -69,17 +70,22 @@ def _serving(snapshot: Snapshot) -> list[SiteSignals]:
 
 
 def power_gate(sites: list[SiteSignals], shed: set[str], ramp: dict[str, float],
-               readmit_headroom: float) -> list[SiteSignals]:
+               readmit_headroom: float,
+               serves_capped: Callable[[SiteSignals], bool] | None = None) -> list[SiteSignals]:
     """Power as a hard limit: a site with negative headroom is shed (``shed`` and ``ramp``
     updated in place) and readmitted only once its headroom exceeds ``readmit_headroom`` of its
     budget — not while its grid event lasts: capped GPUs bring the draw under the budget, and
-    readmitting on that would flap the site in and out. Returns the sites not shed."""
+    readmitting on that would flap a policy that does not know the capped capacity in and out.
+    A policy that fills each site only up to what its budget lets its capped GPUs do passes
+    ``serves_capped``: a curtailed site it accepts is readmitted during the event, at that
+    capacity. Returns the sites not shed."""
     for s in sites:
         share = s.headroom_w / s.budget_w if s.budget_w else -1.0
         if s.headroom_w < 0:
             shed.add(s.name)
             ramp[s.name] = 0.0
-        elif s.name in shed and share >= readmit_headroom and not s.curtailed:
+        elif s.name in shed and share >= readmit_headroom and (
+                not s.curtailed or (serves_capped is not None and serves_capped(s))):
             shed.discard(s.name)
     return [s for s in sites if s.name not in shed]
 

@@ -5,8 +5,9 @@ is not — a vLLM engine takes tens of seconds to start again. So a site's repli
 only after it has been short of power (curtailed, or drawing over its budget) for
 ``drain_after_s`` without a break, and come back once its power is back (not curtailed,
 headroom at least ``readmit_headroom`` of its budget: the fabric policy's own readmission
-rule). Capacity the policy parks at low load (``RoutingTable.parked``) is stopped the same
-way, and comes back when the policy unparks it. Targets never leave the spec's
+rule). Capacity the policy parks at low load (``RoutingTable.parked``: whole sites;
+``keep_engines``: some of a site's engines) is stopped the same way, and comes back when the
+policy unparks it. Targets never leave the spec's
 [min_replicas, max_replicas]: a model whose minimum needs the short site keeps its replica
 there (serving nothing while shed).
 
@@ -70,13 +71,17 @@ class ReplicaPlanner:
                 self.drained.discard(s.name)
             # in between (power back but not enough headroom yet): hold whatever was decided
 
-    def plan(self, snapshot: Snapshot, now: float,
-             parked: frozenset[str] = frozenset()) -> dict[str, ReplicaPlan]:
-        """Each model's target with its drained (short of power) and parked hosts stopped."""
+    def plan(self, snapshot: Snapshot, now: float, parked: frozenset[str] = frozenset(),
+             keep: dict[str, int] | None = None) -> dict[str, ReplicaPlan]:
+        """Each model's target with its drained (short of power) and parked hosts stopped,
+        and at hosts the policy runs with fewer engines (``keep``: site -> engines) the rest."""
         self.observe(snapshot, now)
+        keep = keep or {}
         out = {}
         for m in self.models:
             gone = [h for h in m.hosts if h in self.drained or h in parked]
-            target = m.clamp(m.per_site * (len(m.hosts) - len(gone)))
-            out[m.model] = ReplicaPlan(m.model, target, tuple(gone) if target < m.full else ())
+            part = [h for h in m.hosts if h not in gone and keep.get(h, m.per_site) < m.per_site]
+            target = m.clamp(sum(0 if h in gone else min(m.per_site, max(0, keep.get(h, m.per_site)))
+                                 for h in m.hosts))
+            out[m.model] = ReplicaPlan(m.model, target, tuple(gone + part) if target < m.full else ())
         return out

@@ -52,6 +52,8 @@ class SiteSignals(BaseModel):
     prefill_s: float = Field(0.0, ge=0, description="a mean request's TTFT with no wait")
     requests_per_s: float = Field(0.0, ge=0, description="requests routed here per second, lately")
     parked: bool = Field(False, description="its capacity is released (engines stopped)")
+    replicas_max: int = Field(0, ge=0, description="engine replicas when none is parked "
+                              "(0: as many as serve now)")
     model: str = Field("", description="the model it serves, where no engine reports it "
                        "(e.g. parked); else its engines say")
     extra: dict[str, float] = Field(default_factory=dict, description="any other signal by "

@@ -24,6 +24,9 @@ class RoutingTable(BaseModel):
                                 "still take what the weighted sites cannot (their replicas full)")
     parked: list[str] = Field(default_factory=list, description="sites whose capacity the "
                               "policy does not need: their engines may stop, their nodes go")
+    keep_engines: dict[str, int] = Field(default_factory=dict, description="sites the policy "
+                                         "runs with only part of their engines: site -> engines "
+                                         "to keep (the others may stop)")
     cost_usd_per_mtok: dict[str, float] = Field(default_factory=dict, description="each site's "
                                                 "marginal cost of a million tokens, as ranked")
     counterfactual: dict[str, dict] = Field(default_factory=dict, description="site -> what a "

@@ -292,6 +292,10 @@ class Simulator:
     def _weights(self, state: _State, k: int) -> np.ndarray:
         f = self.fleet
         service, prefill, throughput = state.service_times()
+        frac = state.frac()
+        # engines serving (a site with none reports its full count, parked, as live)
+        replicas = np.where(state.serving, state.on, f.replicas).astype(np.int64)
+        util = np.divide(state.util, frac, out=np.zeros(f.replicas.shape), where=frac > 0)
         sites = [SiteSignals.model_construct(
             name=n, region=r, edge=e, budget_w=b, facility_w=fw, price_usd_per_mwh=p,
             carbon_g_per_kwh=c, curtailed=cu, replicas=rp, inflight=i, utilisation=u,
@@ -301,11 +305,13 @@ class Simulator:
             for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts, pue, iw, dw, jt, sv, pf, pk, rs, rps, th in zip(
                 f.names, f.regions, f.edge, f.latency, state.budget.tolist(), state.facility_w.tolist(),
                 state.price.tolist(), state.carbon.tolist(), state.curtailed.tolist(),
-                f.replicas.tolist(), state.inflight.tolist(), np.minimum(state.util, 1).tolist(),
+                replicas.tolist(), state.inflight.tolist(), np.minimum(util, 1).tolist(),
                 state.tokens_per_s.tolist(), f.pue.tolist(), f.idle_w.tolist(), f.dynamic_w.tolist(),
                 f.j_per_token.tolist(), service.tolist(), prefill.tolist(),
                 (~state.serving).tolist(), state.renewable.tolist(),
-                (state.routed_now / self.config.tick_s).tolist(), throughput.tolist())]
+                (state.routed_now / self.config.tick_s).tolist(), (throughput * np.where(state.serving, frac, 1.0)).tolist())]
+        for s, full in zip(sites, f.replicas.tolist()):
+            s.replicas_max = full
         for s in sites:
             for key, value in self.config.signals.get(s.name, {}).items():
                 setattr(s, key, value)
@@ -316,8 +322,9 @@ class Simulator:
         spill = set(table.overflow)
         up = (f.replicas > 0) & state.serving
         state.overflow = np.fromiter((n in spill for n in f.names), bool, len(f.names)) & up
-        parked = set(table.parked)
-        state.want_parked = np.fromiter((n in parked for n in f.names), bool, len(f.names))
+        parked, keep = set(table.parked), table.keep_engines
+        state.want_on = np.fromiter((0 if n in parked else min(keep.get(n, r), r)
+                                     for n, r in zip(f.names, f.replicas.tolist())), float, len(f.names))
         return np.where(up, w, 0.0)
 
 
@@ -344,19 +351,20 @@ class _State:
                             for c in g.profile.curtailments               # starts and ends
                             for at in (c.start_s, c.start_s + c.duration_s))
         self.edge_pos = 0
-        # parking: a released site draws nothing and serves nothing; unparked, it boots for
-        # cold_start_s (idle power, not serving) before it serves again
-        self.serving = np.ones(n, bool)
-        self.released = zeros(bool)
+        # parking, engine by engine: a released engine draws nothing and serves nothing; one
+        # started again boots for cold_start_s (idle power, not serving) before it serves. A
+        # site with every engine released draws nothing at all.
+        self.on = fleet.replicas.astype(np.float64)   # engines serving
+        self.booting = zeros()                        # engines starting, ready at boot_until
         self.boot_until = np.full(n, -1.0)
-        self.want_parked = zeros(bool)
+        self.want_on = self.on.copy()                 # the policy's target
         self.renewable = zeros()
         self.routed_now = zeros()               # requests routed to each site last tick
         self.mean_prompt, self.mean_output = 512.0, 128.0   # of admitted requests, as they come
         self.mean_n = 0
         # counters
         names = ("routed", "served", "kept", "overflow_in", "overflow_out", "dropped", "slo_met",
-                 "output_tokens", "busy_s", "curtailed_s", "parked_s", "energy_j", "cost_usd",
+                 "output_tokens", "busy_s", "curtailed_s", "parked_s", "engines_off_s", "energy_j", "cost_usd",
                  "carbon_g")
         self.site = {k: zeros() for k in names}
         self.arrivals = self.unroutable = 0
@@ -391,16 +399,32 @@ class _State:
         prefill = f.ttft_fixed_s + self.mean_prompt / f.replica_prefill_tok_s
         return prefill + self.mean_output * f.step_s, prefill, 1.0 / np.maximum(work, 1e-9)
 
+    @property
+    def serving(self) -> np.ndarray:
+        return self.on > 0
+
+    @property
+    def released(self) -> np.ndarray:
+        """Sites hosting the model with every engine released: they draw nothing."""
+        return (self.f.replicas > 0) & (self.on + self.booting <= 0)
+
+    def frac(self) -> np.ndarray:
+        """Share of each site's engines serving (1 where it hosts none: nothing to release)."""
+        return np.divide(self.on, self.f.replicas, out=np.ones(self.n), where=self.f.replicas > 0)
+
     def park(self, t0: float) -> None:
-        """Release sites the policy parks once their queue is empty; boot those it unparks."""
-        release = self.want_parked & self.serving & (self.queue <= 1e-12)
-        self.released |= release
-        self.serving &= ~release
-        wake = ~self.want_parked & self.released
-        self.released &= ~wake
-        self.boot_until[wake] = t0 + self.cfg.cold_start_s
-        booted = ~self.serving & ~self.released & (self.boot_until <= t0)
-        self.serving |= booted
+        """Move each site's engines toward the policy's target: fewer at once (a site's last
+        ones once its queue is empty), more after a cold start."""
+        want, on = self.want_on, self.on
+        drop = (want < on) & ((want > 0) | (self.queue <= 1e-12))
+        on[drop] = want[drop]
+        self.booting = np.minimum(self.booting, np.maximum(want - on, 0.0))  # boots called off
+        start = want > on + self.booting
+        self.boot_until[start & (self.booting <= 0)] = t0 + self.cfg.cold_start_s
+        self.booting[start] = want[start] - on[start]
+        ready = (self.booting > 0) & (self.boot_until <= t0)
+        on[ready] += self.booting[ready]
+        self.booting[ready] = 0.0
 
     def speed(self) -> np.ndarray:
         """Share of full serving speed the power budget allows (the GPU power cap)."""
@@ -411,7 +435,8 @@ class _State:
 
     def step(self, t0: float, batch: RequestBatch, weights: np.ndarray, trace) -> np.ndarray:
         f, cfg, tick = self.f, self.cfg, self.cfg.tick_s
-        speed = self.speed()
+        speed = self.speed()          # of each engine (its power cap)
+        rate = speed * self.frac()    # of the site's serving engines together
         m = len(batch)
         served_now = np.zeros(self.n)
         out_tokens_now = np.zeros(self.n)
@@ -427,15 +452,15 @@ class _State:
             origin = np.full(m, -1, np.int64)
             if table.sum() > 0:
                 origin = interleave(apportion(m, table, self.credit))
-                self._admit(np.arange(m), origin, batch, prefill, t0, speed, final, wait)
+                self._admit(np.arange(m), origin, batch, prefill, t0, rate, final, wait)
                 for _ in range(self.cfg.overflow_rounds):
                     pending = np.flatnonzero(final < 0)
                     room = np.where((table > 0) | self.overflow, np.maximum(
-                        0.0, speed * (cfg.max_wait_s + tick) - self.queue), 0.0)
+                        0.0, rate * (cfg.max_wait_s + tick) - self.queue), 0.0)
                     if not len(pending) or room.sum() <= 0:
                         break
                     sites = interleave(apportion(len(pending), room))
-                    self._admit(pending, sites, batch, prefill, t0, speed, final, wait)
+                    self._admit(pending, sites, batch, prefill, t0, rate, final, wait)
             ok = final >= 0
             s = final[ok]
             routed = origin >= 0
@@ -467,10 +492,12 @@ class _State:
             self._groups(batch, ok, met, trace)
         if not m:
             self.routed_now = np.zeros(self.n)
-        done = np.minimum(self.queue, speed * tick)
+        done = np.minimum(self.queue, rate * tick)
         self.queue -= done
         self.util = done / tick
-        facility_w = np.where(self.released, 0.0, (f.idle_w + f.dynamic_w * self.util) * f.pue)
+        powered = np.divide(self.on + self.booting, f.replicas, out=np.ones(self.n),
+                            where=f.replicas > 0)
+        facility_w = (f.idle_w * powered + f.dynamic_w * self.util) * f.pue
         self.facility_w = facility_w
         energy_j = facility_w * tick
         cost_now, carbon_now = energy_j / J_PER_MWH * self.price, energy_j / 3.6e6 * self.carbon
@@ -481,22 +508,23 @@ class _State:
         site["busy_s"] += done
         site["curtailed_s"] += np.where(self.curtailed, tick, 0.0)
         site["parked_s"] += np.where(self.released, tick, 0.0)
+        site["engines_off_s"] += np.where(f.replicas > 0, (1.0 - powered) * tick, 0.0)
         self.tokens_per_s = out_tokens_now / tick
         # In flight, as an engine counts it: the requests in batch slots (Little's law: served
         # per second × time in a slot at this speed), plus those waiting in the queue.
         mean_work = np.divide(self.admitted_work, self.admitted, out=np.ones(self.n), where=self.admitted > 0)
         service, _, _ = self.service_times()
-        running = np.minimum(f.replicas * f.batch, np.divide(
+        running = np.minimum(self.on * f.batch, np.divide(
             self.util / mean_work * service, speed, out=np.zeros(self.n), where=speed > 0))
         self.inflight = np.rint(running + self.queue / mean_work).astype(np.int64)
         self.figures = {"served": served_now, "dropped": dropped_now, "output_tokens": out_tokens_now,
                         "energy_j": energy_j, "cost_usd": cost_now, "carbon_g": carbon_now,
                         "ttft_site": ttft_site, "ttft": ttft, "budget_w": self.budget,
                         "price": self.price, "carbon": self.carbon, "renewable": self.renewable,
-                        "curtailed": self.curtailed}
+                        "curtailed": self.curtailed, "engines_on": self.on}
         return served_now
 
-    def _admit(self, idx, sites, batch, prefill, t0, speed, final, wait) -> None:
+    def _admit(self, idx, sites, batch, prefill, t0, rate_of, final, wait) -> None:
         """Admit requests ``idx`` (in time order) at ``sites`` while their wait fits the queue."""
         f = self.f
         order = np.argsort(sites, kind="stable")
@@ -506,7 +534,7 @@ class _State:
         group = np.cumsum(first) - 1
         before = np.cumsum(work) - work
         before -= before[first][group]
-        rate = speed[s]
+        rate = rate_of[s]
         ahead = self.queue[s] + before - rate * (batch.t[i] - t0)
         fits = (rate > 0) & (ahead <= rate * self.cfg.max_wait_s)
         misses = np.cumsum(~fits)
@@ -515,7 +543,7 @@ class _State:
         final[i[take]] = s[take]
         # Continuous batching: a request starts (its prefill) as soon as a batch slot is free,
         # so it waits only for the work beyond what the site's slots hold at once.
-        in_service = (f.replicas * f.batch * np.divide(self.admitted_work, self.admitted,
+        in_service = (self.on * f.batch * np.divide(self.admitted_work, self.admitted,
                                                        out=np.zeros(self.n), where=self.admitted > 0))[s]
         wait[i[take]] = np.maximum(ahead[take] - in_service[take], 0.0) / rate[take]
         self.queue += np.bincount(s[take], work[take], minlength=self.n)
@@ -551,6 +579,7 @@ class _State:
                                             "dropped", "slo_met", "output_tokens")},
             utilisation=round(float(site["busy_s"][i]) / duration_s, 6) if duration_s else 0.0,
             curtailed_s=float(site["curtailed_s"][i]), parked_s=float(site["parked_s"][i]),
+            engines_released=round(float(site["engines_off_s"][i]) / duration_s, 6) if duration_s else 0.0,
             energy_mwh=float(site["energy_j"][i]) / J_PER_MWH,
             energy_cost_usd=float(site["cost_usd"][i]), carbon_kg=float(site["carbon_g"][i]) / 1e3)
             for i in range(self.n)]

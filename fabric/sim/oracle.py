@@ -33,7 +33,8 @@ class OracleResult(BaseModel):
     objective_usd: float      # energy dollars + carbon at the carbon price
     unserved_share: float     # of requests no site could take (infeasible slots)
     parked_share: float       # of site-slots left unpowered
-    per_site: dict[str, dict[str, float]] = {}   # site -> share of requests, mean powered share
+    per_site: dict[str, dict[str, float]] = {}   # site -> share of requests, mean powered share,
+                                                 # energy, its $ and carbon
 
 
 def slot_demand(trace: Trace, slot_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,4 +134,8 @@ def solve(spec: FabricSpec, trace: Trace, config: SimConfig | None = None,
         unserved_share=float((x[2 * T * N:] * reqs).sum() / max(reqs.sum(), 1)),
         parked_share=float(1.0 - on.mean()) if on.size else 0.0,
         per_site={fleet.names[i]: {"share": round(float((f[:, j] * reqs).sum() / max(reqs.sum(), 1)), 4),
-                                   "on": round(float(on[:, j].mean()), 4)} for j, i in enumerate(hosts)})
+                                   "on": round(float(on[:, j].mean()), 4),
+                                   "energy_mwh": round(float(energy[:, j].sum() / J_PER_MWH), 5),
+                                   "cost_usd": round(float((energy[:, j] * price[:, j]).sum() / J_PER_MWH), 3),
+                                   "carbon_kg": round(float((energy[:, j] * carbon[:, j]).sum() / 3.6e9), 2)}
+                  for j, i in enumerate(hosts)})

@@ -20,7 +20,8 @@ from fabric.scheduling.table import RoutingTable
 TTFT_EDGES = np.logspace(-3, 5, 8 * 6 + 1)
 SUMS = ("ticks", "served", "dropped", "output_tokens", "energy_j", "cost_usd", "carbon_g",
         "weight", "saved_usd", "saved_g")
-LASTS = ("budget_w", "price", "carbon", "renewable", "curtailed", "parked", "cost_per_mtok")
+LASTS = ("budget_w", "price", "carbon", "renewable", "curtailed", "parked", "cost_per_mtok",
+         "engines_on")
 MAX_ACTIONS = 2000
 
 
@@ -99,7 +100,7 @@ class Recorder:
                 d["saved_g"][b, i] += req_j[i] * (cf[s]["g_per_j"] - f["carbon"][i] / 3.6e6)
         now = {"budget_w": f["budget_w"], "price": f["price"], "carbon": f["carbon"],
                "renewable": f["renewable"], "curtailed": f["curtailed"].astype(float),
-               "parked": parked.astype(float), "cost_per_mtok": cost}
+               "parked": parked.astype(float), "cost_per_mtok": cost, "engines_on": f["engines_on"]}
         for k, v in now.items():
             d[k][b] = v
         site, ttft = f["ttft_site"], f["ttft"]
@@ -160,7 +161,7 @@ class Recorder:
                     "renewable_share": g("renewable"), "curtailed": g("curtailed") > 0,
                     "routing_weight": g("weight") / ticks, "tokens_per_s": tokens / span,
                     "cost_usd_per_mtok": None if np.isnan(cost) else cost,
-                    "engines_healthy": 0 if parked else int(self.replicas[i]),
+                    "engines_healthy": int(round(g("engines_on"))),
                     "engines_total": int(self.replicas[i])})
                 nodes.append({"site": name, "tokens_per_s": tokens / span})
                 served, dropped = int(g("served")), int(g("dropped"))

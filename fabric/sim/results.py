@@ -47,6 +47,7 @@ class SiteResult(BaseModel):
     utilisation: float = Field(description="mean busy share of the site's serving capacity")
     curtailed_s: float
     parked_s: float = 0.0
+    engines_released: float = Field(0.0, description="mean share of its engines released (parked)")
     energy_mwh: float
     energy_cost_usd: float
     carbon_kg: float

@@ -151,3 +151,40 @@ def test_a_parked_site_no_engine_reports_stays_in_its_models_merit_order():
     for k in range(5, 10):
         t = p.table(Snapshot(sites=[site(**cheap, rps=1), gone]), k)
     assert t.parked == ["dear"]
+
+
+def test_a_site_keeps_only_the_engines_its_share_needs():
+    """Engine by engine: what the kept sites hold beyond the forecast comes off the one the
+    merit order fills last, never below what it needed over the window."""
+    p = make_policy("fabric", tick_s=1.0, park_after_s=3, cold_start_s=0, reserve=0.1)
+    big = dict(name="big", price=10, replicas=8, replicas_max=8)
+    dear = dict(name="dear", price=90, replicas=8, replicas_max=8)
+    cap = p.capacity_rps(site(**big))
+    steady = lambda rps: Snapshot(sites=[site(**big, rps=rps), site(**dear, rps=0.0)])  # noqa: E731
+    tables = [p.table(steady(cap * 0.3), k) for k in range(1, 8)]
+    assert tables[0].keep_engines == {}                        # nothing released in the first window
+    last = tables[-1]
+    assert last.parked == ["dear"] and 0 < last.keep_engines["big"] < 8
+    assert last.keep_engines["big"] * cap / 8 >= cap * 0.3 * 1.1  # the forecast plus the reserve
+    more = p.table(Snapshot(sites=[site(**{**big, "replicas": last.keep_engines["big"]}, rps=cap * 0.7),
+                                   site(**dear, parked=True)]), 9)
+    assert more.keep_engines.get("big", 8) >= 7                # a rise is met at once
+
+
+def test_a_curtailed_site_quick_enough_when_capped_comes_back_during_its_event():
+    p = dispatch(ramp_per_tick=1.0)
+    gpus = dict(idle_w=1_000.0, dynamic_w=4_000.0)   # at a 5 kW budget: 79 % of full speed
+    quick = dict(prefill_s=0.05, service_s=1.0, **gpus)
+    snap = lambda a, **cut: Snapshot(sites=[site("a", price=10, **a, **cut),  # noqa: E731
+                                          site("b", price=90, **a)])
+    assert p.table(snap(quick), 1).weights["a"] == 1.0
+    assert p.table(snap(quick, budget=5_000, draw=6_000, curtailed=True), 2).weights["a"] == 0.0
+    p.table(snap(quick, budget=5_000, draw=2_000, curtailed=True), 3)
+    back = p.table(snap(quick, budget=5_000, draw=2_000, curtailed=True), 4)
+    assert back.weights["a"] > 0                     # capped under its budget: serves again
+    slow = dispatch(ramp_per_tick=1.0)
+    heavy = dict(prefill_s=0.45, service_s=1.0, **gpus)  # slowed down, first tokens come late
+    slow.table(snap(heavy), 1)
+    slow.table(snap(heavy, budget=5_000, draw=6_000, curtailed=True), 2)
+    for k in (3, 4):
+        assert slow.table(snap(heavy, budget=5_000, draw=2_000, curtailed=True), k).weights["a"] == 0.0

@@ -92,3 +92,11 @@ def test_parked_sites_are_stopped_like_drained_ones_and_come_back_when_unparked(
     assert targets(p.plan(snap(), 0.0, frozenset({"a"}))) == {"small": (1, ("a",)), "large": (1, ())}
     assert targets(p.plan(snap(), 1.0, frozenset({"c"})))["large"] == (1, ())  # min: the only host
     assert targets(p.plan(snap(), 2.0))["small"] == (2, ())                    # unparked: back
+
+
+def test_a_site_run_with_fewer_engines_stops_only_the_rest():
+    four = ModelReplicas("small", ("a", "b"), per_site=4, min_replicas=1)
+    p = ReplicaPlanner([four], drain_after_s=30.0)
+    assert targets(p.plan(snap(), 0.0, keep={"b": 1})) == {"small": (5, ("b",))}
+    assert targets(p.plan(snap(), 1.0, frozenset({"a"}), {"b": 2})) == {"small": (2, ("a", "b"))}
+    assert targets(p.plan(snap(), 2.0, keep={"b": 4})) == {"small": (8, ())}   # all back

@@ -285,10 +285,13 @@ def test_parked_capacity_draws_nothing_and_comes_back_after_its_cold_start():
     trace = SyntheticTrace(kind="poisson", requests=400, rate_per_s=2, seed=1)
     sim, r = run(spec, trace, policy="fabric", cold_start_s=30,
                  policy_params={"park_after_s": 5, "reserve": 0.1})
-    dear = r.per_site[1]
+    cheap, dear = r.per_site
     assert dear.parked_s > 100 and dear.served == 0 and r.dropped == 0
-    # parked: no idle power for the rest of the run (4 GPUs × 100 W × PUE 1.2 when on)
-    on_s = r.duration_s - dear.parked_s
+    # the cheap site keeps only the engines 2 requests/s need, with room for their noise
+    assert 0.1 < cheap.engines_released < 0.75 and cheap.parked_s == 0
+    assert dear.engines_released >= dear.parked_s / r.duration_s
+    # released engines draw nothing (4 GPUs × 100 W × PUE 1.2 with every engine on)
+    on_s = r.duration_s * (1 - dear.engines_released)
     assert dear.energy_mwh == pytest.approx(4 * 100 * 1.2 * on_s / 3.6e9)
 
 
