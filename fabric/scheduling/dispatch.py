@@ -72,6 +72,27 @@ class DispatchParams(BaseModel):
     trend_window_s: float = Field(300.0, gt=0, description="demand trend fitted over this")
 
 
+class _WindowMax:
+    """The most of the last ``size`` values, in O(1) per value (a monotonic queue)."""
+
+    def __init__(self, size: int):
+        self.size, self.count = size, 0
+        self._q: deque[tuple[int, int]] = deque()   # (index, value), values decreasing
+
+    def add(self, value: int) -> int:
+        while self._q and self._q[-1][1] <= value:
+            self._q.pop()
+        self._q.append((self.count, value))
+        self.count += 1
+        if self._q[0][0] <= self.count - 1 - self.size:
+            self._q.popleft()
+        return self._q[0][1]
+
+    @property
+    def full(self) -> bool:
+        return self.count >= self.size
+
+
 class _Group:
     """The demand state of the sites serving one model (merit orders never mix models)."""
 
@@ -91,7 +112,7 @@ class EconomicDispatch(Policy, name="fabric"):
         self.shed: set[str] = set()
         self.ramp: dict[str, float] = {}
         self.groups: dict[str, _Group] = {}
-        self.recent_need: dict[str, deque[int]] = {}  # site -> engines needed, last ticks
+        self.recent_need: dict[str, _WindowMax] = {}  # site -> engines needed, last ticks
         self.keep_engines: dict[str, int] = {}  # site -> engines kept where not all are
         self.parked: set[str] = set()
         self.woken: set[str] = set()           # unparked for a request, not serving yet
@@ -286,12 +307,14 @@ class EconomicDispatch(Policy, name="fabric"):
             n = needed.get(s.name, 0)
             if n == 0 and (in_use or booting):
                 n = 1 if s.name not in self.keep_engines else self.keep_engines[s.name]
-            recent = self.recent_need.setdefault(s.name, deque(maxlen=window))
-            recent.append(n)
+            recent = self.recent_need.get(s.name)
+            if recent is None or recent.size != window:
+                recent = self.recent_need[s.name] = _WindowMax(window)
+            most = recent.add(n)
             if n:
                 self.parked.discard(s.name)  # needed: unparked now (it takes a cold start)
             # fewer engines only once the window is full: what the site needed all along
-            keep = max(recent) if len(recent) == window else self._engines(s)
+            keep = most if recent.full else self._engines(s)
             if keep == 0:
                 self.parked.add(s.name)
             if 0 < keep < self._engines(s) and s.name not in self.parked:

@@ -301,17 +301,17 @@ class Simulator:
             carbon_g_per_kwh=c, curtailed=cu, replicas=rp, inflight=i, utilisation=u,
             tokens_per_s=ts, max_inflight_per_replica=f.batch, latency_class=lc, engines=[],
             pue=pue, idle_w=iw, dynamic_w=dw, j_per_token=jt, service_s=sv, prefill_s=pf,
-            parked=pk, requests_per_s=rps, throughput_rps=th, extra={"renewable_share": rs})
-            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts, pue, iw, dw, jt, sv, pf, pk, rs, rps, th in zip(
+            parked=pk, requests_per_s=rps, throughput_rps=th, replicas_max=rm,
+            extra={"renewable_share": rs})
+            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts, pue, iw, dw, jt, sv, pf, pk, rs, rps, th, rm in zip(
                 f.names, f.regions, f.edge, f.latency, state.budget.tolist(), state.facility_w.tolist(),
                 state.price.tolist(), state.carbon.tolist(), state.curtailed.tolist(),
                 replicas.tolist(), state.inflight.tolist(), np.minimum(util, 1).tolist(),
                 state.tokens_per_s.tolist(), f.pue.tolist(), f.idle_w.tolist(), f.dynamic_w.tolist(),
                 f.j_per_token.tolist(), service.tolist(), prefill.tolist(),
                 (~state.serving).tolist(), state.renewable.tolist(),
-                (state.routed_now / self.config.tick_s).tolist(), (throughput * np.where(state.serving, frac, 1.0)).tolist())]
-        for s, full in zip(sites, f.replicas.tolist()):
-            s.replicas_max = full
+                (state.routed_now / self.config.tick_s).tolist(),
+                (throughput * np.where(state.serving, frac, 1.0)).tolist(), f.replicas.tolist())]
         for s in sites:
             for key, value in self.config.signals.get(s.name, {}).items():
                 setattr(s, key, value)

@@ -188,3 +188,18 @@ def test_a_curtailed_site_quick_enough_when_capped_comes_back_during_its_event()
     slow.table(snap(heavy, budget=5_000, draw=6_000, curtailed=True), 2)
     for k in (3, 4):
         assert slow.table(snap(heavy, budget=5_000, draw=2_000, curtailed=True), k).weights["a"] == 0.0
+
+
+def test_the_window_maximum_matches_a_plain_max():
+    import random
+    from collections import deque
+
+    from fabric.scheduling.dispatch import _WindowMax
+
+    rng = random.Random(1)
+    for size in (1, 3, 10):
+        w, plain = _WindowMax(size), deque(maxlen=size)
+        for i in range(500):
+            v = rng.randint(0, 5)
+            plain.append(v)
+            assert w.add(v) == max(plain) and w.full == (i + 1 >= size)
