@@ -2,7 +2,7 @@
 start and stop them cleanly.
 
 Every server runs the same engine: the offline tiny model with the fabric's CPU engine
-settings (fabric.layers.llm.CPU_ENGINE_DEFAULTS / CPU_ENGINE_ENV, max_model_len from the spec).
+settings (fabric.layers.llm.server.CPU_ENGINE_DEFAULTS / CPU_ENGINE_ENV, max_model_len from the spec).
 
     a  vllm     vLLM's own OpenAI server (python -m vllm.entrypoints.openai.api_server)
     b  ray      ray.serve.llm's OpenAI app, default mode (proxy -> ingress -> LLMServer)
@@ -173,7 +173,7 @@ def wait_idle(timeout_s: float = 900, poll_s: float = 20, max_foreign_cores: flo
 
 def engine_settings(max_model_len: int = 2048) -> tuple[dict, dict]:
     """(engine kwargs, engine env) shared by every target: the fabric's own CPU settings."""
-    from fabric.layers.llm import CPU_ENGINE_DEFAULTS, CPU_ENGINE_ENV
+    from fabric.layers.llm.server import CPU_ENGINE_DEFAULTS, CPU_ENGINE_ENV
 
     return {**CPU_ENGINE_DEFAULTS, "max_model_len": max_model_len}, dict(CPU_ENGINE_ENV)
 

@@ -112,7 +112,7 @@ def baseline_plan(spec, sources: dict[str, str]) -> dict:
     """Everything the baseline child needs, as plain data computed from the spec."""
     from fabric.cluster import LOCAL_IP, free_port, site_node_args
     from fabric.layers.distribution import model_prefix
-    from fabric.layers.llm import CPU_ENGINE_ENV, llm_config_fields
+    from fabric.layers.llm.server import CPU_ENGINE_ENV, llm_config_fields
     from fabric.spec import ROLE_LABEL
 
     apps = []

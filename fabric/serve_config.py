@@ -19,7 +19,7 @@ def serve_config(spec: FabricSpec, sources: dict[str, str]) -> dict:
     """``sources``: model id -> the engine's model source (path or Hugging Face id)."""
     from fabric.layers.distribution import (APP_NAME, model_app_name, model_prefix, model_urls)
     from fabric.layers.gateway import gateway_args
-    from fabric.layers.llm import llm_config_fields
+    from fabric.layers.llm.server import llm_config_fields
     from fabric.layers.tenant_api import APP_NAME as TENANT_APP
     from fabric.layers.tenant_api import ROUTE_PREFIX
     from fabric.layers.ui import ui_args

@@ -46,7 +46,7 @@ def deploy(spec: FabricSpec, sources: dict[str, str]) -> tuple[str, str]:
     from ray.serve.llm import build_openai_app
 
     from fabric.layers.gateway import build_gateway, gateway_args
-    from fabric.layers.llm import llm_config
+    from fabric.layers.llm.server import llm_config
 
     check_data_path()
     serve.start(http_options={"host": spec.endpoint.host, "port": spec.endpoint.port},

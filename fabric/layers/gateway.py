@@ -23,7 +23,6 @@ ledger, as the engines do: no request goes unrecorded.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 
@@ -34,6 +33,7 @@ from ray import serve
 from starlette.background import BackgroundTask
 
 from fabric.layers.batch_api import BatchAPI
+from fabric.layers.body import parse_object, read_limited, too_large
 from fabric.layers.errors import openai_error
 from fabric.metering.records import UsageRecord
 from fabric.metering.tenants import Refusal
@@ -130,20 +130,6 @@ class Gateway:
     async def batch_one(self, rest: str, request: Request) -> Response:
         return await self.batch.dispatch(request, f"/v1/batches/{rest}")
 
-    async def _read(self, request: Request) -> bytes | None:
-        """The body, or None once it passes the limit (refused on Content-Length before any
-        of it is read)."""
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            return None
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_body:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _forward(self, path: str, request: Request) -> Response:
         started, wall, body = time.perf_counter(), time.time(), {}
 
@@ -158,16 +144,13 @@ class Gateway:
             who = self.gate.on_behalf_of(who, behalf)
         if isinstance(who, Refusal):
             return refuse(who.status, who.message, None, who.code)
-        raw = await self._read(request)
+        raw = await read_limited(request.stream(), self.max_body,
+                                 request.headers.get("content-length", ""))
         if raw is None:
-            return refuse(413, f"request body too large: the limit is {self.max_body / 2**20:g} MiB",
-                          None, "request_too_large", who.name)
-        try:
-            parsed = json.loads(raw)
-        except ValueError as exc:
-            return refuse(400, f"request body is not valid JSON: {exc}", "body", tenant=who.name)
-        if not isinstance(parsed, dict):
-            return refuse(400, "request body must be a JSON object", "body", tenant=who.name)
+            return refuse(413, too_large(self.max_body), None, "request_too_large", who.name)
+        parsed, invalid = parse_object(raw)
+        if invalid:
+            return refuse(400, invalid, "body", tenant=who.name)
         body = parsed
         try:
             body = with_hints(dict(body), request.headers, self.region)

@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 
+from fabric.layers.body import parse_object, read_limited, too_large
 from fabric.layers.errors import openai_error
 from fabric.layers.ui import MAX_STREAMS, LiveState, page, ui_args
 from fabric.metering.report import read_usage, totals
@@ -40,6 +41,7 @@ ROUTE_PREFIX = "/fabric"
 APP_NAME = "tenant-api"
 GROUP_BY = ("model", "tier", "region", "site", "agent_id", "date")
 PARAMS = ("since", "until", "group_by")
+MAX_SUBMISSION = 8 * 2**20  # one deferred request: the endpoints' default body limit
 
 app = FastAPI()
 
@@ -172,10 +174,13 @@ class TenantAPI:
         tenant = self._tenant(request)
         if isinstance(tenant, JSONResponse):
             return tenant
-        try:
-            payload = json.loads(await request.body())
-        except ValueError as exc:
-            return openai_error(400, f"request body is not valid JSON: {exc}", "BadRequestError", "body")
+        raw = await read_limited(request.stream(), MAX_SUBMISSION,
+                                 request.headers.get("content-length", ""))
+        if raw is None:
+            return openai_error(413, too_large(MAX_SUBMISSION), None, "body", "request_too_large")
+        payload, invalid = parse_object(raw)
+        if invalid:
+            return openai_error(400, invalid, "BadRequestError", "body")
         try:
             endpoint, body, deadline = parse_deferred(payload, time.time())
         except ValueError as exc:

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 import pytest
 
 from fabric.gpu import ModelledGpus, NvmlGpus, modelled_power_w
-from fabric.layers.llm import LoadMeter
+from fabric.layers.llm.tap import LoadMeter
 
 
 def test_modelled_power_follows_load_and_limits():

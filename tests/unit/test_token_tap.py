@@ -1,6 +1,6 @@
 import json
 
-from fabric.layers.llm import TokenTap
+from fabric.layers.llm.tap import TokenTap
 
 
 def sse(obj) -> bytes:
@@ -67,7 +67,7 @@ def test_error_bodies_count_nothing():
 
 
 def test_engine_guard_refuses_what_this_replica_may_not_serve():
-    from fabric.layers.llm import refusal
+    from fabric.layers.llm.guard import refusal
     from fabric.routing.pick import Placement
 
     cloud = Placement(site="cloud-a", region="cloud", edge=False)
