@@ -66,6 +66,7 @@ class AIFactory:
             "it_power_w": round(it_w, 2), "facility_power_w": round(facility_w, 2),
             "power_source": ",".join(sources) or "none",
             "budget_w": grid_state["budget_w"], "headroom_w": round(grid_state["budget_w"] - facility_w, 2),
+            "budget_ahead_w": grid_state.get("budget_ahead_w"),
             "price_usd_per_mwh": grid_state["price_usd_per_mwh"],
             "carbon_g_per_kwh": grid_state["carbon_g_per_kwh"],
             "curtailed": grid_state["curtailed"], "source_mix": grid_state["source_mix"],

@@ -16,10 +16,13 @@ from fabric.spec import SiteSpec
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class PowerGrid:
     def __init__(self, site_json: str, speed: float = 1.0, start_s: float = 0.0,
-                 t0: float | None = None):
+                 t0: float | None = None, lookahead_s: float = 0.0):
+        """``lookahead_s``: wall seconds over which ``state`` also reports the lowest budget
+        scheduled (``budget_ahead_w``), so capacity parked elsewhere is started in time."""
         self.site = SiteSpec.model_validate_json(site_json)
         self.model = GridModel(self.site.power)
         self.clock = ReplayClock(speed, start_s, t0)
+        self.lookahead_s = lookahead_s
 
     def where(self) -> dict:
         """The node this actor runs on and its labels (placement is checked, not assumed)."""
@@ -28,8 +31,14 @@ class PowerGrid:
 
     @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     def state(self) -> dict:
-        """The grid now (replay time)."""
-        return self.state_at(self.clock.offset())
+        """The grid now (replay time), with the lowest budget scheduled over the look-ahead."""
+        import time
+
+        now = time.time()
+        state = self.state_at(self.clock.offset(now))
+        ahead = self.model.lowest_budget_w(self.clock.offset(now), self.clock.offset(now + self.lookahead_s))
+        state["budget_ahead_w"] = min(state["budget_w"], ahead)
+        return state
 
     def state_at(self, offset_s: float) -> dict:
         """The grid at any replay offset, without moving the clock (for tests and what-ifs)."""

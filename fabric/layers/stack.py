@@ -24,6 +24,11 @@ def start_layers(spec: FabricSpec) -> dict[str, list[str]]:
     Returns the actor names by layer. Fails if a site of the spec has no node."""
     nodes = [n for n in ray.nodes() if n["Alive"] and SITE_LABEL in (n.get("Labels") or {})]
     t0 = time.time()  # one replay clock for every site
+    # the grids report the lowest budget scheduled over a cold start (and two ticks) ahead
+    from fabric.scheduling.dispatch import DispatchParams
+
+    cold = spec.scheduler.params.get("cold_start_s", DispatchParams.model_fields["cold_start_s"].default)
+    lookahead = float(cold) + 2 * spec.scheduler.tick_s
     names: dict[str, list[str]] = {"power": [], "aidc": [], "gpu": []}
     handles = []
     for region, site in spec.sites:
@@ -33,7 +38,7 @@ def start_layers(spec: FabricSpec) -> dict[str, list[str]]:
         here = {"label_selector": {SITE_LABEL: site.name}}
         site_json = site.model_dump_json()
         grid = PowerGrid.options(**_opts(naming.power(site.name)), **here).remote(
-            site_json, spec.power_clock.speed, spec.power_clock.start_s, t0)
+            site_json, spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
         factory = AIFactory.options(**_opts(naming.aidc(site.name)), **here).remote(site_json, region)
         handles += [grid.state.remote(), factory.__ray_ready__.remote()]
         names["power"].append(naming.power(site.name))

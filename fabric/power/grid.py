@@ -47,6 +47,13 @@ class GridModel:
                   if c.start_s <= offset_s < c.start_s + c.duration_s]
         return min(active, default=1.0)
 
+    def lowest_budget_w(self, start_s: float, end_s: float) -> float:
+        """The lowest budget the profile schedules over [start_s, end_s]: what a site can
+        count on until then (curtailments are announced ahead; the replay knows them all)."""
+        fractions = [c.budget_fraction for c in self.profile.curtailments
+                     if c.start_s <= end_s and c.start_s + c.duration_s > start_s]
+        return self.profile.budget_mw * 1e6 * min(fractions, default=1.0)
+
     def events_between(self, start_s: float, end_s: float) -> list[dict]:
         """Curtailment starts and ends with start_s < offset <= end_s, in time order."""
         events = []

@@ -261,9 +261,20 @@ class EconomicDispatch(Policy, name="fabric"):
         """The site's engine replicas with none parked."""
         return max(s.replicas_max, s.replicas)
 
+    def _capacity_ahead(self, s: SiteSignals, now: float) -> float:
+        """The site's capacity once a curtailment its grid has announced within the next cold
+        start begins (none if it would then be shed): capacity parked elsewhere is started in
+        time to take over, not after the site slows down."""
+        if s.budget_ahead_w is None or s.budget_ahead_w >= s.budget_w:
+            return now
+        ahead = s.model_copy(update={"budget_w": s.budget_ahead_w, "curtailed": True})
+        if ahead.headroom_w < 0 and not (self.p.serve_capped and self._serves_capped(ahead)):
+            return 0.0
+        return min(now, self.capacity_rps(ahead))
+
     def _plan_parking(self, g: _Group, order: list[SiteSignals], caps: dict[str, float]) -> None:
-        """Keep the cheapest capacity that covers the forecast (``cold_start_s`` ahead) plus
-        the reserve: whole sites in order of their cost to keep on, less the engines beyond
+        """Keep the cheapest capacity that covers the forecast (``cold_start_s`` ahead, each
+        site at the capacity its grid leaves it then) plus the reserve: whole sites in order of their cost to keep on, less the engines beyond
         the need at the sites the merit order fills last. A site keeps the most engines it
         needed over the last ``park_after_s`` (a cold start at least), and is parked once it
         needed none that long."""
@@ -273,6 +284,7 @@ class EconomicDispatch(Policy, name="fabric"):
             return
         forecast = self._forecast(g, self.p.cold_start_s)
         need = forecast * (1.0 + self.p.reserve)
+        caps = {s.name: self._capacity_ahead(s, caps[s.name]) for s in order}
         covered, biggest, needed, unit = 0.0, 0.0, {}, {}
         # cheapest to keep on: the marginal cost with the idle power spread over a full site
         for s in sorted(order, key=lambda s: (self.costs[s.name] * (1 + s.idle_w / s.dynamic_w)

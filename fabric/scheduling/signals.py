@@ -52,6 +52,9 @@ class SiteSignals(BaseModel):
     prefill_s: float = Field(0.0, ge=0, description="a mean request's TTFT with no wait")
     requests_per_s: float = Field(0.0, ge=0, description="requests routed here per second, lately")
     parked: bool = Field(False, description="its capacity is released (engines stopped)")
+    budget_ahead_w: float | None = Field(None, ge=0, description="the lowest power budget its "
+                                         "grid has scheduled over the next cold start (an "
+                                         "announced curtailment); None: none known")
     replicas_max: int = Field(0, ge=0, description="engine replicas when none is parked "
                               "(0: as many as serve now)")
     model: str = Field("", description="the model it serves, where no engine reports it "
@@ -121,4 +124,4 @@ def site_signals(state: dict, edge: bool, max_inflight: int, latency_class: str 
         # (requests in flight; service time unknown, 1 s), and its engines' completions per
         # second would mix another unit in (and understate arrivals exactly when slots are full)
         max_inflight_per_replica=max_inflight, latency_class=latency_class, engines=engines,
-        extra=extra, **(static or {}))
+        budget_ahead_w=state.get("budget_ahead_w"), extra=extra, **(static or {}))

@@ -302,8 +302,8 @@ class Simulator:
             tokens_per_s=ts, max_inflight_per_replica=f.batch, latency_class=lc, engines=[],
             pue=pue, idle_w=iw, dynamic_w=dw, j_per_token=jt, service_s=sv, prefill_s=pf,
             parked=pk, requests_per_s=rps, throughput_rps=th, replicas_max=rm,
-            extra={"renewable_share": rs})
-            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts, pue, iw, dw, jt, sv, pf, pk, rs, rps, th, rm in zip(
+            budget_ahead_w=ba if ba < b else None, extra={"renewable_share": rs})
+            for n, r, e, lc, b, fw, p, c, cu, rp, i, u, ts, pue, iw, dw, jt, sv, pf, pk, rs, rps, th, rm, ba in zip(
                 f.names, f.regions, f.edge, f.latency, state.budget.tolist(), state.facility_w.tolist(),
                 state.price.tolist(), state.carbon.tolist(), state.curtailed.tolist(),
                 replicas.tolist(), state.inflight.tolist(), np.minimum(util, 1).tolist(),
@@ -311,7 +311,8 @@ class Simulator:
                 f.j_per_token.tolist(), service.tolist(), prefill.tolist(),
                 (~state.serving).tolist(), state.renewable.tolist(),
                 (state.routed_now / self.config.tick_s).tolist(),
-                (throughput * np.where(state.serving, frac, 1.0)).tolist(), f.replicas.tolist())]
+                (throughput * np.where(state.serving, frac, 1.0)).tolist(), f.replicas.tolist(),
+                state.budget_ahead.tolist())]
         for s in sites:
             for key, value in self.config.signals.get(s.name, {}).items():
                 setattr(s, key, value)
@@ -351,6 +352,12 @@ class _State:
                             for c in g.profile.curtailments               # starts and ends
                             for at in (c.start_s, c.start_s + c.duration_s))
         self.edge_pos = 0
+        # the grid's announced curtailments a cold start ahead (the parking plan starts
+        # capacity elsewhere in time): edges within the look-ahead, per site
+        self.lookahead_s = cfg.cold_start_s + 2 * cfg.tick_s
+        self.ahead_pos = 0
+        self.coming: dict[int, list[tuple[float, float]]] = {}
+        self.budget_ahead = zeros()
         # parking, engine by engine: a released engine draws nothing and serves nothing; one
         # started again boots for cold_start_s (idle power, not serving) before it serves. A
         # site with every engine released draws nothing at all.
@@ -388,6 +395,27 @@ class _State:
             self.budget[i], self.price[i] = g.budget_w, g.price_usd_per_mwh
             self.carbon[i], self.curtailed[i] = max(0.0, g.carbon_g_per_kwh), g.curtailed
             self.renewable[i] = renewable_share(g.source_mix)
+        self._look_ahead(t0)
+
+    def _look_ahead(self, t0: float) -> None:
+        """Each site's lowest budget over the next ``lookahead_s`` (its own budget where its
+        grid schedules no edge in that time)."""
+        edges, horizon = self.edges, t0 + self.lookahead_s
+        while self.ahead_pos < len(edges) and edges[self.ahead_pos][0] <= horizon:
+            at, i = edges[self.ahead_pos]
+            self.ahead_pos += 1
+            if at > t0:
+                grid = self.f.grids[i]
+                budget = grid.profile.budget_mw * 1e6 * grid.budget_fraction(self.cfg.start_s + at + 1e-6)
+                self.coming.setdefault(i, []).append((at, budget))
+        self.budget_ahead = self.budget.copy()
+        for i in list(self.coming):
+            kept = [(at, b) for at, b in self.coming[i] if at > t0]
+            if kept:
+                self.coming[i] = kept
+                self.budget_ahead[i] = min(self.budget[i], min(b for _, b in kept))
+            else:
+                del self.coming[i]
 
     def service_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For the policy's capacity model, at full speed: a mean request's time in a batch

@@ -106,6 +106,26 @@ def test_capacity_follows_demand_parking_the_dearest_first():
     assert t.weights["cheap"] == 1.0 and t.overflow == []  # parked engines take nothing yet
 
 
+def test_a_curtailment_announced_a_cold_start_ahead_starts_parked_capacity_in_time():
+    p = make_policy("fabric", tick_s=1.0, park_after_s=3, cold_start_s=0, reserve=0.1,
+                    serve_capped=False)
+    cap = p.capacity_rps(site("cheap", price=10))
+    rps = 0.6 * cap                     # cheap alone holds it: dear parks
+    quiet = lambda **a: Snapshot(sites=[site("cheap", price=10, rps=rps, **a),  # noqa: E731
+                                        site("dear", price=90)])
+    tables = [p.table(quiet(), k) for k in range(1, 6)]
+    assert tables[-1].parked == ["dear"]
+    # cheap's grid announces a cut below its draw within the next cold start: dear is started
+    # now, before cheap slows down (cheap still takes the traffic meanwhile)
+    t = p.table(quiet(budget_ahead_w=1_000.0), 6)
+    assert t.parked == [] and t.weights["cheap"] == 1.0
+    # an announced budget the site still serves within changes nothing
+    p2 = make_policy("fabric", tick_s=1.0, park_after_s=3, cold_start_s=0, reserve=0.1)
+    for k in range(1, 6):
+        p2.table(quiet(), k)
+    assert p2.table(quiet(budget_ahead_w=9_000.0), 6).parked == ["dear"]
+
+
 def test_a_site_in_use_or_booting_is_not_parked_and_a_request_can_unpark_one():
     p = make_policy("fabric", tick_s=1.0, park_after_s=2, cold_start_s=0, reserve=0.1)
     cheap, dear = dict(name="cheap", price=10), dict(name="dear", price=90)

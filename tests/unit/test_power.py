@@ -69,6 +69,9 @@ def test_grid_model_curtailment_window_and_values():
     assert after.budget_w == 2e6 and not after.curtailed
     assert during.carbon_g_per_kwh == pytest.approx(float(rows(CISO)[1]["avg_CI"]), abs=1e-3)
     assert g.state(0).source_mix == {"grid": 1.0}
+    # what the site can count on until then: the lowest budget scheduled in a window
+    assert g.lowest_budget_w(0, 3599) == 2e6 and g.lowest_budget_w(3000, 3600) == 0.5e6
+    assert g.lowest_budget_w(5000, 9000) == 0.5e6 and g.lowest_budget_w(5400, 9000) == 2e6
 
 
 def test_events_between_lists_starts_and_ends_in_order():

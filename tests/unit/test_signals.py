@@ -21,6 +21,8 @@ def test_engine_signals_reach_the_snapshot():
                                         kv_cache_usage=0.25, tokens_per_s=80.0)]
     assert s.latency_class == "near" and s.kv_cache_usage == 0.25
     assert site_signals(state([]), False, 64).engines == []          # an engine that said nothing
+    assert s.budget_ahead_w is None                                  # no grid look-ahead reported
+    assert site_signals({**state([]), "budget_ahead_w": 4_000.0}, False, 64).budget_ahead_w == 4_000.0
 
 
 def test_a_full_kv_cache_is_load_even_with_few_requests():

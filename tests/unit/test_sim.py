@@ -327,3 +327,15 @@ def test_a_fixed_time_to_first_token_and_the_signals_the_policy_sees(steady):
     assert [s.served for s in r.per_site] == [0, 100]
     with pytest.raises(ValueError, match="unknown site signals"):
         SimConfig(signals={"dear": {"j_per_tokn": 1.0}})
+
+
+def test_a_curtailment_announced_ahead_has_parked_capacity_up_when_it_begins():
+    # cheap is cut below its idle power at 300 s: dear, parked at low load, must be serving by
+    # then (its cold start begun from the grid's schedule), or requests wait and drop
+    cut = {"curtailments": [{"start_s": 300, "duration_s": 200, "budget_fraction": 0.0003}]}
+    trace = SyntheticTrace(kind="poisson", requests=1400, rate_per_s=2, seed=3)
+    sim, r = run(two_sites(cheap=cut), trace, policy="fabric", cold_start_s=30, max_wait_s=5,
+                 policy_params={"park_after_s": 5, "reserve": 0.1, "serve_capped": False})
+    cheap, dear = r.per_site
+    assert dear.parked_s > 100 and dear.served > 300          # parked before, serving during
+    assert r.dropped == 0 and r.slo_attainment > 0.99
