@@ -77,7 +77,9 @@ class Scheduler:
         self._history: deque = deque(maxlen=600)  # (tick, version, weights): the last minutes
         self._per_site = {s.name: m.replicas_per_site for m in reversed(self._spec.models)
                           for _, s in self._spec.hosting_sites(m)}
-        self._released: set[str] = set()  # sites whose engines were stopped for parking
+        # sites whose engines were stopped for parking -> the replicas stopped there (their
+        # last load reports linger at the GPU monitor for a few seconds: not a fresh engine)
+        self._released: dict[str, set[str]] = {}
 
     async def _tick_forever(self) -> None:
         while True:
@@ -101,12 +103,14 @@ class Scheduler:
                  for st in self._states]
         for s in sites:  # parked capacity: released (or booting), with what it has when up
             s.replicas_max = self._per_site.get(s.name, 0)
-            if s.name in self._released:
-                if s.replicas:
-                    self._released.discard(s.name)  # its engines serve again
-                else:
-                    s.parked, s.replicas = True, self._per_site.get(s.name, 1)
-                    s.model = self._groups.get(s.name, "")  # no engine reports it now
+            stopped = self._released.get(s.name)
+            if stopped is None:
+                continue
+            if any(e.healthy and e.replica not in stopped for e in s.engines):
+                del self._released[s.name]  # an engine started again serves
+            else:  # released (or booting): what it has when up, no engine of its own now
+                s.parked, s.replicas, s.engines = True, self._per_site.get(s.name, 1), []
+                s.model = self._groups.get(s.name, "")
         return Snapshot(sites=sites, tick=self._ticks)
 
     async def tick(self) -> dict:
@@ -221,7 +225,9 @@ class Scheduler:
             await internals.serve_controller().update_deployment_replicas.remote(
                 internals.deployment_id(name, app), target)
             self._targets[model] = target
-            self._released.update(site for site, _ in stopped if site in self._table.parked)
+            for site, replica in stopped:
+                if site in self._table.parked:
+                    self._released.setdefault(site, set()).add(replica)
             self._log({"action": "scale_replicas", "model": model, "from": current,
                        "to": target, "stopped_at": [site for site, _ in stopped],
                        "drained_sites": sorted(self._planner.drained)})
