@@ -25,8 +25,6 @@ def parse_object(body: bytes) -> tuple[dict, str]:
     return request, ""
 
 
-
-
 async def read_limited(chunks, limit: int, declared: str = "") -> bytes | None:
     """The body from an async iterator of chunks, or None once it passes ``limit`` bytes
     (refused on a declared Content-Length before any of it is read)."""
@@ -58,8 +56,6 @@ async def buffer_body(receive, limit: int | None = None):
     return body, replaying(body, receive)
 
 
-
-
 def replaying(body: bytes, receive):
     """A receive() that yields ``body`` once, then defers to the real one (which reports the
     client's disconnect)."""
@@ -75,15 +71,12 @@ def replaying(body: bytes, receive):
     return replay
 
 
-
-
 def header(scope, name: bytes) -> str:
+    """An ASGI request's header (``name`` lower-case), "" when absent."""
     for k, v in scope.get("headers", []):
         if k.lower() == name:
             return v.decode("latin-1")
     return ""
-
-
 
 
 def with_usage_requested(body: bytes, request: dict) -> tuple[bytes, bool]:

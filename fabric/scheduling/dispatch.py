@@ -274,8 +274,9 @@ class EconomicDispatch(Policy, name="fabric"):
 
     def _plan_parking(self, g: _Group, order: list[SiteSignals], caps: dict[str, float]) -> None:
         """Keep the cheapest capacity that covers the forecast (``cold_start_s`` ahead, each
-        site at the capacity its grid leaves it then) plus the reserve: whole sites in order of their cost to keep on, less the engines beyond
-        the need at the sites the merit order fills last. A site keeps the most engines it
+        site at the capacity its grid leaves it then) plus the reserve: whole sites in order
+        of their cost to keep on, less the engines beyond the need at the sites the merit
+        order fills last. A site keeps the most engines it
         needed over the last ``park_after_s`` (a cold start at least), and is parked once it
         needed none that long."""
         if not self.p.park:
