@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pydoc
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 # Bumped whenever the recipe changes, so a stale cache is never reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -75,14 +74,27 @@ def default_model_dir(recipe: TinyModelRecipe | None = None) -> Path:
     return cache_root() / "models" / f"tiny-llama-{recipe.digest()}"
 
 
+_CORPUS_MODULES = ["json", "asyncio", "collections", "functools", "itertools", "pathlib",
+                   "statistics", "string", "textwrap", "typing", "math", "random", "re",
+                   "datetime", "heapq", "bisect", "dataclasses", "enum", "csv", "io"]
+
+
 def _corpus() -> list[str]:
-    """Deterministic English-and-code text from the standard library's own documentation."""
-    texts: list[str] = []
-    for name in sorted(["json", "asyncio", "collections", "functools", "itertools", "pathlib",
-                        "statistics", "string", "textwrap", "typing", "math", "random", "re",
-                        "datetime", "heapq", "bisect", "dataclasses", "enum", "csv", "io"]):
-        module = __import__(name)
-        texts.append(pydoc.render_doc(module, renderer=pydoc.plaintext))
+    """Deterministic English-and-code text from the standard library's own documentation,
+    rendered in a fresh interpreter (a package's page lists the submodules imported so far,
+    so rendering it here would depend on what this process has imported), addresses removed."""
+    import subprocess
+
+    code = ("import json, pydoc, sys\n"
+            "names = json.loads(sys.argv[1])\n"
+            "texts = [pydoc.render_doc(__import__(n), renderer=pydoc.plaintext) for n in names]\n"
+            "sys.stdout.write(json.dumps(texts))\n")
+    out = subprocess.run([sys.executable, "-I", "-c", code, json.dumps(sorted(_CORPUS_MODULES))],
+                         capture_output=True, text=True, check=True, timeout=120)
+    import re
+
+    # object reprs carry memory addresses, which move from run to run
+    texts: list[str] = [re.sub(r" at 0x[0-9a-f]+", "", t) for t in json.loads(out.stdout)]
     # Chat-shaped and fabric-shaped lines, so common agent vocabulary gets merges too.
     texts += ["The agent asks the fabric for tokens. Summarise the previous answer and continue.",
               "def step(state):\n    return {\"plan\": state, \"tool\": \"search\"}\n",
@@ -90,18 +102,75 @@ def _corpus() -> list[str]:
     return texts
 
 
+def train_bpe(counts: dict[str, int], vocab_size: int, alphabet: list[str],
+              specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Byte-pair merges learnt from word counts, deterministically: the most frequent pair
+    first, ties broken by the pair itself (the tokenizers library's trainer breaks ties by
+    hash-map order, so two builds of the same corpus differ). Returns (vocab, merges)."""
+    import heapq
+    from collections import Counter, defaultdict
+
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(set(alphabet) | {c for w in counts for c in w}):
+        vocab.setdefault(ch, len(vocab))
+    words = [list(w) for w in counts]
+    freq = list(counts.values())
+    pairs: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    def tally(i: int, sign: int) -> None:
+        w = words[i]
+        for pair in zip(w, w[1:]):
+            pairs[pair] += sign * freq[i]
+            if sign > 0:
+                where[pair].add(i)
+            heapq.heappush(heap, (-pairs[pair], pair))
+
+    heap: list = []
+    for i in range(len(words)):
+        tally(i, +1)
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size and heap:
+        count, pair = heapq.heappop(heap)
+        if -count != pairs.get(pair, 0) or count == 0:
+            continue  # an outdated entry (counts changed since it was pushed)
+        a, b = pair
+        merges.append(pair)
+        vocab.setdefault(a + b, len(vocab))
+        for i in sorted(where.pop(pair)):
+            w = words[i]
+            if not any(x == a and y == b for x, y in zip(w, w[1:])):
+                continue
+            tally(i, -1)
+            merged, j = [], 0
+            while j < len(w):
+                if j + 1 < len(w) and w[j] == a and w[j + 1] == b:
+                    merged.append(a + b)
+                    j += 2
+                else:
+                    merged.append(w[j])
+                    j += 1
+            words[i] = merged
+            tally(i, +1)
+        pairs.pop(pair, None)
+    return vocab, merges
+
+
 def build_tokenizer(vocab_size: int):
-    """Train a byte-level BPE tokenizer locally and wrap it as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer learnt locally, wrapped as a transformers fast tokenizer."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    counts = Counter(w for text in _corpus() for w, _ in pre.pre_tokenize_str(text))
+    vocab, merges = train_bpe(dict(sorted(counts.items())), vocab_size,
+                              pre_tokenizers.ByteLevel.alphabet(), SPECIAL_TOKENS)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.add_special_tokens(SPECIAL_TOKENS)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
                                    pad_token="<|pad|>", additional_special_tokens=SPECIAL_TOKENS[3:])
     fast.chat_template = CHAT_TEMPLATE
