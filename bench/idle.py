@@ -5,8 +5,9 @@ before ``--seconds`` of measurement:
 
   baseline  the same Ray cluster shape (a head and one raylet per site of the spec, the
             dashboard, Serve with HAProxy and direct streaming) running the same vLLM engines
-            at the same sites through plain ``ray.serve.llm`` (no fabric code deployed, Ray's
-            default settings), in a subprocess that never imports fabric;
+            at the same sites through plain ``ray.serve.llm`` (no fabric code deployed; the
+            Ray and Serve settings of the fabric's local cluster, ``fabric.cluster.QUIET_*``,
+            so the difference is the fabric's own), in a subprocess that never imports fabric;
   fabric    the local fabric as ``fabric up`` runs it (layer actors, scheduler, ledger,
             regional endpoints, tenants' API, deferred queue).
 
@@ -110,7 +111,7 @@ def measure(seconds: float) -> dict:
 
 def baseline_plan(spec, sources: dict[str, str]) -> dict:
     """Everything the baseline child needs, as plain data computed from the spec."""
-    from fabric.cluster import LOCAL_IP, free_port, site_node_args
+    from fabric.cluster import LOCAL_IP, QUIET_ENV, QUIET_HEAD_ARGS, free_port, site_node_args
     from fabric.layers.distribution import model_prefix
     from fabric.layers.llm.server import CPU_ENGINE_ENV, llm_config_fields
     from fabric.spec import ROLE_LABEL
@@ -126,7 +127,9 @@ def baseline_plan(spec, sources: dict[str, str]) -> dict:
     return {
         "head": {"gcs_server_port": free_port(), "num_cpus": 4, "labels": {ROLE_LABEL: "head"},
                  "include_dashboard": True, "object_store_memory": 256 * 2**20,
-                 "node_ip_address": LOCAL_IP},  # Ray's own settings otherwise
+                 "node_ip_address": LOCAL_IP,  # the fabric's local-cluster settings, no more
+                 **QUIET_HEAD_ARGS},
+        "env": dict(QUIET_ENV),
         "nodes": [site_node_args(region, site) for region in spec.regions for site in region.sites],
         "port": free_port(), "apps": apps,
     }
@@ -140,6 +143,7 @@ def _serve_baseline(plan: dict) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.update(plan["env"])  # the same Ray and Serve settings as the fabric's cluster
     seam = _servers.load_seam()
     seam.loopback_only()  # as the fabric's local cluster: loopback only
     import ray

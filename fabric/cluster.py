@@ -38,6 +38,37 @@ DATA_PATH_ENV = {
 # The local cluster keeps all its traffic on loopback.
 LOCAL_IP = "127.0.0.1"
 
+# Ray and Serve settings for a cluster at rest on one small machine (bench/idle.py measures
+# them; every Ray worker process already wakes 100 times a second to check for signals, so
+# what is left to save is loops that run faster than anything they watch changes):
+QUIET_ENV = {
+    # Serve's controller reconciles every deployment ten times a second by default; twice is
+    # plenty for a fabric whose deployments change when the scheduler parks or drains a site
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    # replicas and routers export their cached request metrics every 100 ms by default
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    # each node's dashboard agent checks that its raylet lives every 0.4 s by default
+    "RAY_DASHBOARD_AGENT_CHECK_PARENT_INTERVAL_S": "2",
+    # and reads every process's CPU and memory for the dashboard every 5 s by default
+    "REPORTER_UPDATE_INTERVAL_MS": "10000",
+}
+# The fabric's own hook in Serve's controller: each model's ingress request router on the head
+# only (fabric.internals.ingress_routers_on_the_head), where the HeadOnly proxy asks it.
+ROUTERS_ON_THE_HEAD_ENV = {
+    "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH": "fabric.internals:ingress_routers_on_the_head",
+}
+QUIET_SYSTEM_CONFIG = {
+    # no pool of idle workers kept or started ahead: the fabric's work runs in actors, and
+    # each idle worker is a Python process waking 100 times a second (~250 MiB each)
+    "prestart_worker_first_driver": False,
+    "enable_worker_prestart": False,
+    "num_workers_soft_limit": 0,
+}
+# Head-node arguments of a local cluster: the same settings, and no log monitor (it globs the
+# session's log folder ten times a second to stream workers' output to drivers, and every
+# fabric driver connects with log_to_driver=False; the logs stay in the session folder)
+QUIET_HEAD_ARGS = {"_system_config": QUIET_SYSTEM_CONFIG, "include_log_monitor": False}
+
 
 class ClusterError(RuntimeError):
     """The cluster cannot start or be reached; the message says what to do."""
@@ -100,6 +131,8 @@ class LocalCluster:
 
     def start(self) -> "LocalCluster":
         apply_data_path_env()
+        for key, value in {**QUIET_ENV, **ROUTERS_ON_THE_HEAD_ENV}.items():
+            os.environ.setdefault(key, value)  # inherited by every raylet and worker
         _loopback_only()
         # HAProxy's stats and metrics listeners have fixed default ports; give each local
         # cluster its own so two fabrics (or a fabric and the tests) can share a machine.
@@ -116,9 +149,7 @@ class LocalCluster:
                 "include_dashboard": self.dashboard,
                 "object_store_memory": 256 * 1024 * 1024,
                 "node_ip_address": LOCAL_IP,
-                # metrics reach each node's Prometheus endpoint within 5 s, not Ray's 10 s
-                # (2 s cost ~0.04 cores at rest in the dashboard agents: bench/idle.py)
-                "_system_config": {"metrics_report_interval_ms": 5000},
+                **QUIET_HEAD_ARGS,
             })
             for region in self.spec.regions:
                 for site in region.sites:

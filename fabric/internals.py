@@ -96,6 +96,13 @@ HOOKS: dict[str, tuple[str, Callable[[], bool]]] = {
     "ray_common.get_ray_address_file": (
         "remove Ray's current-cluster pointer when the fabric's local cluster stops",
         lambda: callable(_attr("ray._common.utils", "get_ray_address_file"))),
+    "DeploymentState._reconcile_ingress_request_router": (
+        "run each app's ingress request router on the head only, where HAProxy asks it "
+        "(Serve starts one on every node with replicas)",
+        lambda: callable(getattr(_attr("ray.serve._private.deployment_state", "DeploymentState"),
+                                 "_reconcile_ingress_request_router", None))
+        and hasattr(_attr("ray.serve._private.constants"),
+                    "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH")),
     "autoscaler.util.fillout_defaults/validate_config": (
         "validate cluster.yaml as `ray up` would",
         lambda: all(callable(_attr("ray.autoscaler._private.util", n))
@@ -231,3 +238,24 @@ def validate_cluster_config(config: dict) -> dict:
     filled = fillout_defaults(config)
     validate_config(filled)
     return filled
+
+
+def ingress_routers_on_the_head() -> None:
+    """Serve controller start-up callback (``RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH``, set
+    by the fabric's local cluster): each app's ingress request router runs on the controller's
+    node only — the head, where the HeadOnly proxy (HAProxy) asks it which replica to use.
+    Serve would start one on every node that holds replicas: one idle Python process per node
+    per model at rest, none of which HAProxy needs there."""
+    import ray
+    from ray.serve._private.deployment_state import DeploymentState
+
+    original = DeploymentState._reconcile_ingress_request_router
+    if getattr(original, "fabric_head_only", False):
+        return
+    head = ray.get_runtime_context().get_node_id()
+
+    def reconcile(self, proxy_nodes):
+        return original(self, {head} if head in proxy_nodes else proxy_nodes)
+
+    reconcile.fabric_head_only = True
+    DeploymentState._reconcile_ingress_request_router = reconcile

@@ -90,15 +90,15 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
         from fabric.spec import ROLE_LABEL
         ledger_path = spec.metering.path or str(default_ledger_path())
         start_ledger(ledger_path, {ROLE_LABEL: "head"})
-        step(f"deploying {', '.join(m.id for m in spec.models)} (vLLM engines start)")
+        step(f"deploying {', '.join(m.id for m in spec.models)} (vLLM engines start), the "
+             "regional endpoints and the tenants' API")
         base_url, internal_key = deploy(spec, sources)
-        step("deploying regional endpoints")
         from fabric.layers.distribution import model_urls
-        from fabric.layers.gateway import deploy_regional
+        from fabric.layers.gateway import regional_urls
+        from fabric.layers.tenant_api import api_url
         urls = model_urls(spec)
-        regional = deploy_regional(spec, urls, internal_key)
-        from fabric.layers.tenant_api import deploy_tenant_api
-        tenant_api_url = deploy_tenant_api(spec)
+        regional = regional_urls(spec)
+        tenant_api_url = api_url(spec)
         from fabric.layers.deferred import start_deferred
         start_deferred(spec, str(Path(ledger_path) / "deferred"), internal_key, {ROLE_LABEL: "head"})
         step("warming up replicas")

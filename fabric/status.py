@@ -47,7 +47,7 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
 
     names = fabric_actor_names()
     sites = ray.get([ray.get_actor(n, namespace=naming.NAMESPACE).state.remote()
-                     for n in names if n.startswith("fabric:aidc:")], timeout=30)
+                     for n in names if n.startswith(naming.SITE_PREFIX)], timeout=30)
     table, replicas, st = None, None, {}
     if naming.SCHEDULER in names:
         scheduler = ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)

@@ -4,7 +4,7 @@ A client that does not need its answer now submits the request with a deadline
 (``POST /fabric/v1/deferred``) and collects the answer later (``GET .../deferred/<id>``) — no
 connection is held while it waits. The ``DeferredQueue`` actor (``fabric:deferred``) keeps
 the jobs in a write-ahead log (a submitted job survives the actor's restart; one that was
-running is run again), asks the sites' PowerGrid actors for the grid's forecast every tick,
+running is run again), asks each site's grid (its site actor) for the forecast every tick,
 and releases each job when ``fabric.scheduling.deferral`` says now is its window — at the
 latest when its deadline, less a margin for the run, comes. A released job goes through the
 fabric's own endpoint on behalf of its tenant, so it is routed, limited, metered and billed

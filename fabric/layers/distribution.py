@@ -5,7 +5,8 @@ head asks the app's ingress router for a replica (our FabricRequestRouter decide
 streams bytes straight between the client and that replica's vLLM OpenAI server. No Python hop
 per token. A fabric with one model serves it at ``/v1``; with several, each model's app is at
 ``/models/<slug>/v1`` and ``/v1`` is a gateway that chooses the model (by name, tier hint or
-classifier: ``fabric.layers.gateway``) — the one choice a per-model router cannot make.
+classifier: ``fabric.layers.gateway``) — the one choice a per-model router cannot make. The
+apps deployed are the list ``fabric serve-config`` writes (``fabric.serve_config``).
 """
 
 from __future__ import annotations
@@ -38,30 +39,28 @@ def check_data_path() -> None:
 
 
 def deploy(spec: FabricSpec, sources: dict[str, str]) -> tuple[str, str]:
-    """Start Serve on the head and deploy every model's app (and the model-choosing gateway
-    when there are several). Returns the OpenAI base URL and the fabric's own API key for this
-    deployment (warm-up, health checks; never stored)."""
+    """Start Serve on the head and deploy every app of ``fabric serve-config``'s list (the
+    models, the gateways, the tenants' API). Returns the OpenAI base URL and the fabric's own
+    API key for this deployment (warm-up, health checks; never stored)."""
+    import importlib
     import secrets
-    from ray import serve
-    from ray.serve.llm import build_openai_app
 
-    from fabric.layers.gateway import build_gateway, gateway_args
-    from fabric.layers.llm.server import llm_config
+    from ray import serve
+
+    from fabric.serve_config import fabric_apps
+
+    def builder(path: str):  # "module:attr", as a Serve config's import_path
+        module, _, attr = path.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
     check_data_path()
     serve.start(http_options={"host": spec.endpoint.host, "port": spec.endpoint.port},
                 proxy_location="HeadOnly")
     internal_key = secrets.token_urlsafe(24)
-    for model in spec.models:
-        app = build_openai_app({"llm_configs": [llm_config(spec, model, sources[model.id], internal_key)]})
-        serve.run(app, name=model_app_name(spec, model), route_prefix=model_prefix(spec, model),
-                  blocking=False, external_scaler_enabled=True)  # the scheduler sets replicas
-    if len(spec.models) > 1:
-        from fabric.metering.tenants import key_hash
-
-        args = gateway_args(spec, model_urls(spec), None, key_hash(internal_key))
-        serve.run(build_gateway(args), name=APP_NAME,
-                  route_prefix="/", blocking=False)
+    for app in fabric_apps(spec, sources, internal_key):
+        serve.run(builder(app["import_path"])(app["args"]), name=app["name"],
+                  route_prefix=app["route_prefix"], blocking=False,
+                  external_scaler_enabled=app.get("external_scaler_enabled", False))
     return base_url(spec), internal_key
 
 

@@ -73,16 +73,22 @@ app = FastAPI()
                   max_ongoing_requests=1000)
 @serve.ingress(app)
 class Gateway:
+    """``region``: the one region this gateway pins (its app is mounted at ``/<region>``);
+    ``regions``: the regions it also serves at ``/<region>/v1`` beside ``/v1`` (its app is
+    mounted at ``/``): one replica for every endpoint, not one per region."""
+
     def __init__(self, models: list[dict], region: str | None = None,
                  classifier: str = "fabric.scheduling.classify:RuleClassifier",
                  classifier_params: dict | None = None, max_body_mb: float = 8.0,
                  tenants: list[dict] | None = None, internal_key_hash: str = "",
-                 max_file_mb: float = 200.0):
+                 max_file_mb: float = 200.0, regions: list[str] | None = None):
         self.region = region
+        self.regions = set(regions or ())
         self.gate = tenant_gate(tenants or [], internal_key_hash or None, 1.0)
-        self.batch = BatchAPI(self.gate, region, int(max_file_mb * 2**20))
+        self.batches = {r: BatchAPI(self.gate, r, int(max_file_mb * 2**20))
+                        for r in {region, *self.regions}}
         self.records: list[dict] = []  # refusals made here, kept until the ledger has them
-        self.metrics = None
+        self.metrics: dict[str | None, object] = {}  # region -> its refusal metrics
         self._shipper: asyncio.Task | None = None
         self.max_body = int(max_body_mb * 2**20)
         self.catalog = [CatalogModel(id=m["id"], tier=m["tier"], regions=frozenset(m["regions"]),
@@ -93,49 +99,90 @@ class Gateway:
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(600, connect=10),
                                         limits=httpx.Limits(max_connections=1000))
 
+    # /v1: this gateway's own endpoint (the whole fabric, or the region it is mounted for)
     @app.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:
+        return self._models(request, self.region)
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Response:
+        return await self._forward("chat/completions", request, self.region)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._forward("completions", request, self.region)
+
+    # the OpenAI Batch API (fabric.layers.batch_api: one route table for every endpoint)
+    @app.api_route("/v1/files", methods=["GET", "POST", "DELETE"])
+    async def files(self, request: Request) -> Response:
+        return await self.batches[self.region].dispatch(request, "/v1/files")
+
+    @app.api_route("/v1/files/{rest:path}", methods=["GET", "POST", "DELETE"])
+    async def file(self, rest: str, request: Request) -> Response:
+        return await self.batches[self.region].dispatch(request, f"/v1/files/{rest}")
+
+    @app.api_route("/v1/batches", methods=["GET", "POST", "DELETE"])
+    async def batches_(self, request: Request) -> Response:
+        return await self.batches[self.region].dispatch(request, "/v1/batches")
+
+    @app.api_route("/v1/batches/{rest:path}", methods=["GET", "POST", "DELETE"])
+    async def batch_one(self, rest: str, request: Request) -> Response:
+        return await self.batches[self.region].dispatch(request, f"/v1/batches/{rest}")
+
+    # /<region>/v1: the regions this gateway serves beside /v1 (mounted at /)
+    @app.get("/{region}/v1/models")
+    async def region_models(self, region: str, request: Request) -> Response:
+        return self._unknown(region) or self._models(request, region)
+
+    @app.post("/{region}/v1/chat/completions")
+    async def region_chat(self, region: str, request: Request) -> Response:
+        return self._unknown(region) or await self._forward("chat/completions", request, region)
+
+    @app.post("/{region}/v1/completions")
+    async def region_completions(self, region: str, request: Request) -> Response:
+        return self._unknown(region) or await self._forward("completions", request, region)
+
+    @app.api_route("/{region}/v1/files", methods=["GET", "POST", "DELETE"])
+    async def region_files(self, region: str, request: Request) -> Response:
+        return self._unknown(region) or await self.batches[region].dispatch(request, "/v1/files")
+
+    @app.api_route("/{region}/v1/files/{rest:path}", methods=["GET", "POST", "DELETE"])
+    async def region_file(self, region: str, rest: str, request: Request) -> Response:
+        return self._unknown(region) or await self.batches[region].dispatch(
+            request, f"/v1/files/{rest}")
+
+    @app.api_route("/{region}/v1/batches", methods=["GET", "POST", "DELETE"])
+    async def region_batches(self, region: str, request: Request) -> Response:
+        return self._unknown(region) or await self.batches[region].dispatch(request, "/v1/batches")
+
+    @app.api_route("/{region}/v1/batches/{rest:path}", methods=["GET", "POST", "DELETE"])
+    async def region_batch_one(self, region: str, rest: str, request: Request) -> Response:
+        return self._unknown(region) or await self.batches[region].dispatch(
+            request, f"/v1/batches/{rest}")
+
+    def _unknown(self, region: str) -> JSONResponse | None:
+        if region in self.regions:
+            return None
+        return openai_error(404, f"no endpoint /{region}/v1: the fabric's regions are "
+                            f"{', '.join(sorted(self.regions)) or 'none here'}", None, None, "not_found")
+
+    def _models(self, request: Request, region: str | None) -> JSONResponse:
         who = self.gate.authenticate(request.headers.get("authorization", ""))
         if isinstance(who, Refusal):
             return openai_error(who.status, who.message, "AuthenticationError", None, who.code)
-        served = [m for m in self.catalog if self.region is None or self.region in m.regions]
+        served = [m for m in self.catalog if region is None or region in m.regions]
         data = [{"id": AUTO, "object": "model", "created": self.created, "owned_by": "token-fabric",
                  "tier": AUTO}]
         data += [{"id": m.id, "object": "model", "created": self.created, "owned_by": "token-fabric",
                   "tier": m.tier, "regions": sorted(m.regions)} for m in served]
         return JSONResponse({"object": "list", "data": data})
 
-    @app.post("/v1/chat/completions")
-    async def chat(self, request: Request) -> Response:
-        return await self._forward("chat/completions", request)
-
-    @app.post("/v1/completions")
-    async def completions(self, request: Request) -> Response:
-        return await self._forward("completions", request)
-
-    # the OpenAI Batch API (fabric.layers.batch_api: one route table for every endpoint)
-    @app.api_route("/v1/files", methods=["GET", "POST", "DELETE"])
-    async def files(self, request: Request) -> Response:
-        return await self.batch.dispatch(request, "/v1/files")
-
-    @app.api_route("/v1/files/{rest:path}", methods=["GET", "POST", "DELETE"])
-    async def file(self, rest: str, request: Request) -> Response:
-        return await self.batch.dispatch(request, f"/v1/files/{rest}")
-
-    @app.api_route("/v1/batches", methods=["GET", "POST", "DELETE"])
-    async def batches(self, request: Request) -> Response:
-        return await self.batch.dispatch(request, "/v1/batches")
-
-    @app.api_route("/v1/batches/{rest:path}", methods=["GET", "POST", "DELETE"])
-    async def batch_one(self, rest: str, request: Request) -> Response:
-        return await self.batch.dispatch(request, f"/v1/batches/{rest}")
-
-    async def _forward(self, path: str, request: Request) -> Response:
+    async def _forward(self, path: str, request: Request, region: str | None) -> Response:
         started, wall, body = time.perf_counter(), time.time(), {}
 
         def refuse(status: int, message: str, param: str | None = None,
                    code: str | int | None = None, tenant: str = "") -> JSONResponse:
-            self._keep(request, body, status, tenant, wall, time.perf_counter() - started)
+            self._keep(request, body, status, tenant, wall, time.perf_counter() - started, region)
             return openai_error(status, message, None, param, code)
 
         who = self.gate.authenticate(request.headers.get("authorization", ""))
@@ -153,7 +200,7 @@ class Gateway:
             return refuse(400, invalid, "body", tenant=who.name)
         body = parsed
         try:
-            body = with_hints(dict(body), request.headers, self.region)
+            body = with_hints(dict(body), request.headers, region)
             choice = choose_model(body, self.catalog, self.classifier)
         except ChoiceError as exc:
             return refuse(exc.status, exc.message, exc.param, exc.code, who.name)
@@ -168,7 +215,7 @@ class Gateway:
             return refuse(503, f"model {choice.model!r} is unreachable: {exc}", tenant=who.name)
         if r.status_code == 503 and "json" not in r.headers.get("content-type", ""):
             await r.aclose()  # no replica at all (the proxy answered, not an engine)
-            where = f" in region {self.region!r}" if self.region else ""
+            where = f" in region {region!r}" if region else ""
             return refuse(503, f"no replica of model {choice.model!r}{where} can serve now",
                           tenant=who.name)
         headers = {k: v for k, v in r.headers.items() if k.lower() not in _HOP_HEADERS}
@@ -180,7 +227,7 @@ class Gateway:
                                  background=BackgroundTask(r.aclose))
 
     def _keep(self, request: Request, body: dict, status: int, tenant: str, wall: float,
-              latency_s: float) -> None:
+              latency_s: float, region: str | None) -> None:
         """A usage record (no tokens) for a request refused here; the engines record the rest."""
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
         own = request.headers.get("x-fabric-request-id") if request.headers.get(
@@ -190,14 +237,14 @@ class Gateway:
             agent_id=request.headers.get("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
             session_id=request.headers.get("x-session-id") or str(metadata.get("fabric_session", "")),
             model=str(body.get("model", "")), tier=str(metadata.get("fabric_tier", "")),
-            region=self.region or "", endpoint=request.url.path, status=status,
+            region=region or "", endpoint=request.url.path, status=status,
             latency_s=round(latency_s, 6), power_source="").model_dump()
         self.records.append(record)
         try:
-            if self.metrics is None:
+            if region not in self.metrics:
                 from fabric.metrics import EngineMetrics
-                self.metrics = EngineMetrics(region=self.region or "-", site="-", model="-")
-            self.metrics.observe(record, None)
+                self.metrics[region] = EngineMetrics(region=region or "-", site="-", model="-")
+            self.metrics[region].observe(record, None)
         except Exception:  # metrics never fail or lose a request
             pass
         if self._shipper is None or self._shipper.done():
@@ -233,8 +280,8 @@ def catalog(spec, urls: dict[str, str]) -> list[dict]:
 
 
 def gateway_args(spec, urls: dict[str, str], region: str | None,
-                 internal_key_hash: str = "") -> dict:
-    return {"models": catalog(spec, urls), "region": region,
+                 internal_key_hash: str = "", regions: list[str] | None = None) -> dict:
+    return {"models": catalog(spec, urls), "region": region, "regions": regions or [],
             "classifier": spec.scheduler.classifier,
             "classifier_params": spec.scheduler.classifier_params,
             "max_body_mb": spec.endpoint.max_body_mb,
@@ -248,15 +295,22 @@ def build_gateway(args: dict):
     return Gateway.bind(**args)
 
 
-def deploy_regional(spec, urls: dict[str, str], internal_key: str = "") -> dict[str, str]:
-    """One gateway per region at ``/<region>/v1``; returns region -> base URL."""
-    from fabric.metering.tenants import key_hash
+def regional_apps(spec, urls: dict[str, str], internal_key_hash: str = "") -> list[dict]:
+    """The gateway apps, as Serve config entries: with several models one gateway at ``/``
+    serves ``/v1`` and every ``/<region>/v1``; with one (whose engine app owns ``/``), one
+    gateway per region at ``/<region>``."""
+    from fabric.layers.distribution import APP_NAME
+    if len(spec.models) > 1:
+        return [{"name": APP_NAME, "route_prefix": "/",
+                 "import_path": "fabric.layers.gateway:build_gateway",
+                 "args": gateway_args(spec, urls, None, internal_key_hash,
+                                      [r.name for r in spec.regions])}]
+    return [{"name": f"region-{r.name}", "route_prefix": f"/{r.name}",
+             "import_path": "fabric.layers.gateway:build_gateway",
+             "args": gateway_args(spec, urls, r.name, internal_key_hash)} for r in spec.regions]
 
-    secret = key_hash(internal_key) if internal_key else ""
-    out = {}
-    for region in spec.regions:
-        serve.run(build_gateway(gateway_args(spec, urls, region.name, secret)),
-                  name=f"region-{region.name}",
-                  route_prefix=f"/{region.name}", blocking=False)
-        out[region.name] = f"http://{spec.endpoint.host}:{spec.endpoint.port}/{region.name}/v1"
-    return out
+
+def regional_urls(spec) -> dict[str, str]:
+    """region -> its OpenAI base URL (``/<region>/v1``)."""
+    root = f"http://{spec.endpoint.host}:{spec.endpoint.port}"
+    return {r.name: f"{root}/{r.name}/v1" for r in spec.regions}

@@ -4,19 +4,27 @@ Without an NVIDIA driver the node's GPUs (from its site's node pool) are modelle
 idle + (TDP − idle) × utilisation, where utilisation is the share of recent time the node's
 engine had requests in flight, pushed by the engine replica itself. Every modelled reading
 carries ``source="model"``.
+
+Readers follow the node with ``watch`` (a long poll): a new reading is published when an
+engine's report changes what the reading says (power to 1 % of the node's TDP, load, engine
+stats, health), when a report goes stale, when a power limit is set, and for NVML every few
+seconds; an idle node publishes nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import ray
 
 from fabric.gpu import ModelledGpus, NvmlGpus
+from fabric.layers.watch import Watched
 from fabric.spec import SiteSpec
 
-LOAD_STALE_S = 3.0  # no report for this long: the engine is gone or idle
+LOAD_STALE_S = 5.0  # no report for this long: the engine is gone (idle engines report every 2 s)
 RATE_WINDOW_S = 5.0  # tokens/s and requests/s are averaged over this
+NVML_REFRESH_S = 5.0  # real GPUs drift on their own: their readings are re-read this often
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -30,6 +38,11 @@ class GPUMonitor:
         self._load: dict[str, tuple[float, int, float]] = {}  # replica -> (util, inflight, at)
         self._counts: dict[str, list[tuple[float, int, int]]] = {}  # replica -> (at, reqs, tokens)
         self._engine: dict[str, dict] = {}  # replica -> model and engine stats
+        self._tdp_w = pool.tdp_w * pool.gpus_per_node
+        self._published = Watched()  # the last reading readers were given (``watch``)
+        self._published_key: tuple | None = None
+        self._poke: asyncio.Event | None = None  # a report came: recompute the next stale edge
+        self._watchdog: asyncio.Task | None = None
 
     def where(self) -> dict:
         """The node this actor runs on and its labels (placement is checked, not assumed)."""
@@ -50,8 +63,61 @@ class GPUMonitor:
         while len(window) > 2 and now - window[0][0] > RATE_WINDOW_S:
             window.pop(0)
         util, _, _ = self._engine_load()
+        self._publish()
         return {"power_w": round(sum(g.power_w for g in self.gpus.read(util)), 2),
                 "source": self.gpus.source, "pue": self.site.pue}
+
+    @ray.method(enable_task_events=False)  # a long poll per reader: no task event in the GCS
+    async def watch(self, since: int | None = None, wait_s: float = 30.0) -> tuple[int, dict | None]:
+        """The node's reading once it differs from version ``since`` (at once if it already
+        does): (version, reading or None if unchanged)."""
+        if self._watchdog is None or self._watchdog.done():
+            self._publish(force=True)
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_time())
+        return await self._published.answer(since, wait_s)
+
+    def _key(self, r: dict) -> tuple:
+        """What a reading says that readers act on (NVML's watt-level jitter left out)."""
+        step = max(1.0, 0.01 * self._tdp_w)
+        return (round(r["power_w"] / step), r["engine_utilisation"] > 0, r["inflight"], r["replicas"],
+                round(r["requests_per_s"], 1), round(r["tokens_per_s"]), r["tokens_out_total"],
+                tuple(g["power_limit_w"] for g in r["gpus"]),
+                tuple((e["replica"], e["model"], e["inflight"], e["running"], e["waiting"],
+                       None if e["kv_cache_usage"] is None else round(e["kv_cache_usage"], 3),
+                       round(e["tokens_per_s"]), e["healthy"]) for e in r["engines"]))
+
+    def _publish(self, force: bool = False) -> None:
+        """Publish the reading now if readers follow and it says something new."""
+        if self._watchdog is None and not force:
+            return
+        reading = self.reading()
+        key = self._key(reading)
+        if force or key != self._published_key:
+            self._published_key = key
+            self._published.value = reading
+            self._published.bump()
+        if self._poke is not None:
+            self._poke.set()
+
+    async def _watch_time(self) -> None:
+        """Republish when time alone changes the reading: a report going stale (an engine gone
+        or a rate window emptied), a replica forgotten, and real GPUs drifting."""
+        while True:
+            self._poke = asyncio.Event()
+            now = time.time()
+            edges = [at + d for _, _, at in self._load.values()
+                     for d in (LOAD_STALE_S, 20 * LOAD_STALE_S) if at + d > now]
+            edges += [w[-1][0] + d for w in self._counts.values() if w
+                      for d in (LOAD_STALE_S, RATE_WINDOW_S) if w[-1][0] + d > now]
+            if self.gpus.source == "nvml":
+                edges.append(now + NVML_REFRESH_S)
+            wait = min(edges, default=now + 3600.0) - now + 0.01
+            try:
+                await asyncio.wait_for(self._poke.wait(), wait)
+                continue  # a report published already; only the edges moved
+            except asyncio.TimeoutError:
+                pass
+            self._publish()
 
     def _replicas(self) -> list[dict]:
         """Each engine replica that reported here: load, engine stats, tokens/s, health (a
@@ -104,4 +170,6 @@ class GPUMonitor:
                 "tokens_out_total": tokens_total, "engines": self._replicas()}
 
     def set_power_limit(self, index: int, watts: float) -> dict:
-        return self.gpus.set_power_limit(index, watts)
+        result = self.gpus.set_power_limit(index, watts)
+        self._publish()
+        return result

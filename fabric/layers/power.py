@@ -1,11 +1,20 @@
-"""Layer 1: one PowerGrid actor per site — budget, price, carbon, source mix, curtailments.
+"""Layer 1: each site's PowerGrid — budget, price, carbon, source mix, curtailments.
 
 Replays the site's power profile on a clock that can run faster than real time, and reports
 the curtailment starts and ends the replay has passed (worked out from the profile, so none
-is missed between two reads).
+is missed between two reads). It knows when its state next changes (a sample of a series, a
+curtailment's start or end, one coming into the look-ahead), so its reader sleeps until then.
+
+A PowerGrid lives in its site's actor (``fabric.layers.aidc``, named ``fabric:site:<site>``):
+layers 1 and 2 of a site are read together every time, and one process per site costs a
+fabric at rest a third of what one per layer did (bench/idle.py). The site actor serves the
+grid's methods (``grid_state``, ``state_at``, ``forecast``, ``seek``, ``clock_state``,
+``set_clock``, ``event_log``) under ``naming.power(site)``.
 """
 
 from __future__ import annotations
+
+import time
 
 import ray
 
@@ -13,27 +22,18 @@ from fabric.power.grid import GridModel, ReplayClock
 from fabric.spec import SiteSpec
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class PowerGrid:
-    def __init__(self, site_json: str, speed: float = 1.0, start_s: float = 0.0,
+    def __init__(self, site: SiteSpec, speed: float = 1.0, start_s: float = 0.0,
                  t0: float | None = None, lookahead_s: float = 0.0):
         """``lookahead_s``: wall seconds over which ``state`` also reports the lowest budget
         scheduled (``budget_ahead_w``), so capacity parked elsewhere is started in time."""
-        self.site = SiteSpec.model_validate_json(site_json)
-        self.model = GridModel(self.site.power)
+        self.site = site
+        self.model = GridModel(site.power)
         self.clock = ReplayClock(speed, start_s, t0)
         self.lookahead_s = lookahead_s
 
-    def where(self) -> dict:
-        """The node this actor runs on and its labels (placement is checked, not assumed)."""
-        ctx = ray.get_runtime_context()
-        return {"node_id": ctx.get_node_id(), "labels": ctx.get_node_labels()}
-
-    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
     def state(self) -> dict:
         """The grid now (replay time), with the lowest budget scheduled over the look-ahead."""
-        import time
-
         now = time.time()
         state = self.state_at(self.clock.offset(now))
         ahead = self.model.lowest_budget_w(self.clock.offset(now), self.clock.offset(now + self.lookahead_s))
@@ -44,7 +44,15 @@ class PowerGrid:
         """The grid at any replay offset, without moving the clock (for tests and what-ifs)."""
         return {"site": self.site.name, **self.model.state(offset_s).model_dump()}
 
-    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
+    def next_change_in_s(self) -> float:
+        """Wall seconds until the state (or the budget over the look-ahead) may next change:
+        inf while the replay is held or nothing is left to change."""
+        if self.clock.speed <= 0:
+            return float("inf")
+        now = self.clock.offset()
+        edge = self.model.next_change_s(now, self.lookahead_s * self.clock.speed)
+        return max(0.0, (edge - now) / self.clock.speed)
+
     def forecast(self, wall_times: list[float]) -> list[dict]:
         """The grid at future wall-clock times (for a replayed profile: the profile itself;
         the deferred queue chooses windows with it)."""
@@ -53,7 +61,6 @@ class PowerGrid:
     def seek(self, offset_s: float, speed: float | None = None) -> dict:
         """Move the replay clock (e.g. jump to a curtailment in a demo); ``speed`` changes the
         replay speed too (0 holds the replay at ``offset_s``, for what-ifs and tests)."""
-        import time
         self.clock = ReplayClock(self.clock.speed if speed is None else speed, offset_s, time.time())
         return self.state()
 

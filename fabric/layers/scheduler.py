@@ -1,9 +1,10 @@
 """Layer 6: the central scheduler actor (named, detached, restartable).
 
-Each tick it gathers a signal snapshot from the sites' AIFactory actors (which read their
-PowerGrid and GPUMonitors), asks the configured policy (pure code in ``fabric.scheduling``)
-for a routing table, serves that table to the request routers (which poll it in the
-background), and acts back on the sites: a site shed for lack of power headroom gets its GPU
+It follows every site's actor (an AIFactory holding the site's PowerGrid and reading its
+GPUMonitors) with a long poll, so each site's latest state is at hand without asking; each
+tick it builds a signal snapshot from those states, asks the configured policy (pure code in
+``fabric.scheduling``) for a routing table, hands a changed table to the request routers
+(whose long polls it answers then), and acts back on the sites: a site shed for lack of power headroom gets its GPU
 power limits lowered to fit its budget, and restored when it is readmitted; a site short of
 power for ``scheduler.drain_after_s`` has its engines stopped (each model's replica target
 lowered within its min/max through Serve's external-scaler API) and restarted when its power is
@@ -53,6 +54,8 @@ class Scheduler:
                                  for m in self._spec.models)
         self._table = RoutingTable()
         self._changed_at = 0  # the version at which what routers use last changed
+        from fabric.layers.watch import Watched
+        self._routing = Watched()  # bumped whenever _changed_at moves (routers' long polls)
         self._snapshot: Snapshot | None = None
         self._capped: set[str] = set()
         self._actions: list[dict] = []
@@ -73,7 +76,9 @@ class Scheduler:
                         for _, s in self._spec.hosting_sites(m)}
         self._scaling: dict[str, asyncio.Task] = {}
         self._scale_retry_at: dict[str, float] = {}
-        self._factories: dict[str, object] = {}  # site -> AIFactory handle
+        self._followers: dict[str, asyncio.Task] = {}  # site -> its AIFactory's follower
+        self._site_states: dict[str, dict] = {}  # site -> what its AIFactory last said
+        self._site_changed = asyncio.Event()
         self._history: deque = deque(maxlen=600)  # (tick, version, weights): the last minutes
         self._per_site = {s.name: m.replicas_per_site for m in reversed(self._spec.models)
                           for _, s in self._spec.hosting_sites(m)}
@@ -90,14 +95,44 @@ class Scheduler:
                 self._log({"action": "tick_failed", "error": str(exc)})
             await asyncio.sleep(max(0.0, self._spec.scheduler.tick_s - (time.monotonic() - started)))
 
+    def _follow_sites(self) -> None:
+        """Follow every site's AIFactory (a long poll each): the tick reads what they last
+        said, so a site at rest costs nothing per tick; a site that stops answering (its
+        node gone) is left out until it answers again."""
+        from fabric.layers.watch import follow
+
+        for name in self._sites:
+            task = self._followers.get(name)
+            if task is None or task.done():
+                self._followers[name] = asyncio.get_running_loop().create_task(
+                    self._follow_site(name, follow))
+
+    async def _follow_site(self, name: str, follow) -> None:
+        factory = await asyncio.to_thread(ray.get_actor, naming.aidc(name), namespace=NAMESPACE)
+
+        def apply(state: dict) -> None:
+            self._site_states[name] = state
+            self._site_changed.set()
+
+        def lost(_exc: Exception) -> None:
+            if self._site_states.pop(name, None) is not None:
+                self._site_changed.set()
+
+        await follow(lambda since, wait: factory.watch.remote(since, wait), apply, on_error=lost)
+
     async def _snapshot_now(self) -> Snapshot:
-        for name in self._sites:  # named and restartable: look each up once, not per tick
-            if name not in self._factories:
-                self._factories[name] = ray.get_actor(naming.aidc(name), namespace=NAMESPACE)
-        refs = [self._factories[name].state.remote() for name in self._sites]
-        states = await asyncio.wait_for(asyncio.gather(*refs, return_exceptions=True),
-                                        timeout=max(2.0, self._spec.scheduler.tick_s * 4))
-        self._states = [st for st in states if isinstance(st, dict)]
+        if not self._followers:  # first tick: wait for every site's first answer
+            self._follow_sites()
+            deadline = time.monotonic() + max(2.0, self._spec.scheduler.tick_s * 4)
+            while len(self._site_states) < len(self._sites) and time.monotonic() < deadline:
+                self._site_changed.clear()
+                try:
+                    await asyncio.wait_for(self._site_changed.wait(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+        else:
+            self._follow_sites()  # restart a follower that ended (it should not)
+        self._states = [self._site_states[name] for name in self._sites if name in self._site_states]
         sites = [site_signals(st, self._edge[st["site"]], self._max_inflight,
                               self._latency[st["site"]], self._figures[st["site"]])
                  for st in self._states]
@@ -122,7 +157,7 @@ class Scheduler:
         self._table = self._policy.table(self._snapshot, version)
         self._table.counterfactual = counterfactuals(self._snapshot)
         if self._table.routing_key() != routed_before:
-            self._changed_at = version
+            self._routing_changed(version)
         self._ticks += 1
         self._history.append({"tick": self._ticks, "version": version,
                               "weights": dict(self._table.weights)})
@@ -286,17 +321,25 @@ class Scheduler:
         self._actions.append({"at": time.time(), **action})
         self._actions = self._actions[-200:]
 
-    @ray.method(enable_task_events=False)  # called every tick: no task event in the GCS
-    async def routing_table(self, since: int | None = None) -> dict | None:
+    @ray.method(enable_task_events=False)  # a long poll per router: no task event in the GCS
+    async def routing_table(self, since: int | None = None, wait_s: float = 0.0) -> dict | None:
         """The current table; None if what a router uses has not changed since the version
-        it holds (``since``): routers ask every tick, a table is sent only when it changes."""
+        it holds (``since``). With ``wait_s`` it is a long poll: the answer waits until what
+        routers use changes (or ``wait_s`` passes), so routers hear of a new table at once and
+        send nothing while the table stands."""
         if self._loop_task is None:
             self._loop_task = asyncio.get_running_loop().create_task(self._tick_forever())
         if self._table.version == 0:
             await self.tick()
+        if since is not None and since >= self._changed_at and wait_s > 0:
+            await self._routing.wait(self._routing.version, wait_s)
         if since is not None and since >= self._changed_at:
             return None
         return self._table.model_dump()
+
+    def _routing_changed(self, version: int) -> None:
+        self._changed_at = version
+        self._routing.bump()  # wakes the routers' long polls
 
     async def wake(self, site: str) -> bool:
         """A request only ``site`` may serve has come while it is parked: unpark it now (its
@@ -305,8 +348,8 @@ class Scheduler:
         if unpark is None or not unpark(site):
             return False
         self._table.parked = [s for s in self._table.parked if s != site]
-        self._table.version += 1  # a new table: routers fetch it at their next ask
-        self._changed_at = self._table.version
+        self._table.version += 1  # a new table: routers waiting for one get it now
+        self._routing_changed(self._table.version)
         self._log({"action": "unpark", "site": site, "tick": self._ticks, "reason": "request"})
         if self._snapshot is not None and self._spec.scheduler.scale_replicas:
             self._act_on_replicas(self._snapshot)

@@ -10,7 +10,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fabric.layers import naming
 from fabric.layers.aidc import AIFactory
 from fabric.layers.gpu import GPUMonitor
-from fabric.layers.power import PowerGrid
 from fabric.spec import SITE_LABEL, FabricSpec
 
 
@@ -20,8 +19,9 @@ def _opts(name: str) -> dict:
 
 
 def start_layers(spec: FabricSpec) -> dict[str, list[str]]:
-    """PowerGrid and AIFactory per site (on the site's nodes), GPUMonitor per site node.
-    Returns the actor names by layer. Fails if a site of the spec has no node."""
+    """A site actor per site (its AIFactory, holding its PowerGrid) on the site's nodes, a
+    GPUMonitor per site node. Returns the actor names by layer. Fails if a site of the spec
+    has no node."""
     nodes = [n for n in ray.nodes() if n["Alive"] and SITE_LABEL in (n.get("Labels") or {})]
     t0 = time.time()  # one replay clock for every site
     # the grids report the lowest budget scheduled over a cold start (and two ticks) ahead
@@ -37,10 +37,9 @@ def start_layers(spec: FabricSpec) -> dict[str, list[str]]:
             raise RuntimeError(f"site {site.name!r} has no node labelled {SITE_LABEL}={site.name}")
         here = {"label_selector": {SITE_LABEL: site.name}}
         site_json = site.model_dump_json()
-        grid = PowerGrid.options(**_opts(naming.power(site.name)), **here).remote(
-            site_json, spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
-        factory = AIFactory.options(**_opts(naming.aidc(site.name)), **here).remote(site_json, region)
-        handles += [grid.state.remote(), factory.__ray_ready__.remote()]
+        factory = AIFactory.options(**_opts(naming.site(site.name)), **here).remote(
+            site_json, region, spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
+        handles.append(factory.grid_state.remote())
         names["power"].append(naming.power(site.name))
         names["aidc"].append(naming.aidc(site.name))
         for node in site_nodes:

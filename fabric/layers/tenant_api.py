@@ -252,11 +252,8 @@ class TenantAPI:
         return openai_error(404, f"no such page: /fabric/ui/{rest}", None, None, "not_found")
 
 
-def deploy_tenant_api(spec) -> str:
-    """Deploy the tenants' API; returns its base URL (``.../fabric/v1``)."""
-    serve.run(build_tenant_api({"tenants": [t.model_dump() for t in spec.tenants],
-                                "ui": ui_args(spec)}),
-              name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
+def api_url(spec) -> str:
+    """The tenants' API's base URL (``.../fabric/v1``)."""
     return f"http://{spec.endpoint.host}:{spec.endpoint.port}{ROUTE_PREFIX}/v1"
 
 

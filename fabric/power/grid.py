@@ -1,6 +1,6 @@
 """A site's grid connection at a point of replay time: budget, price, carbon, mix, events.
 
-Pure: the PowerGrid actor (``fabric.layers.power``) asks this model for the state at the
+Pure: the site's PowerGrid (``fabric.layers.power``) asks this model for the state at the
 replay clock's offset; tests ask it for any offset directly.
 """
 
@@ -53,6 +53,16 @@ class GridModel:
         fractions = [c.budget_fraction for c in self.profile.curtailments
                      if c.start_s <= end_s and c.start_s + c.duration_s > start_s]
         return self.profile.budget_mw * 1e6 * min(fractions, default=1.0)
+
+    def next_change_s(self, offset_s: float, ahead_s: float = 0.0) -> float:
+        """The first offset after ``offset_s`` at which the state, or the lowest budget over the
+        ``ahead_s`` that follow, may change: a sample of a series, a curtailment's start or
+        end, or a start coming within ``ahead_s`` (inf when nothing ever changes)."""
+        edges = [s.next_after(offset_s) for s in (self._price, self._carbon, self._mix)
+                 if s is not None and not isinstance(s, float)]
+        for c in self.profile.curtailments:
+            edges += [c.start_s - ahead_s, c.start_s, c.start_s + c.duration_s]
+        return min((e for e in edges if e > offset_s), default=float("inf"))
 
     def events_between(self, start_s: float, end_s: float) -> list[dict]:
         """Curtailment starts and ends with start_s < offset <= end_s, in time order."""

@@ -65,6 +65,14 @@ class TimeSeries:
         t = offset_s % self.period_s
         return self.values[max(0, bisect.bisect_right(self.offsets_s, t) - 1)]
 
+    def next_after(self, offset_s: float) -> float:
+        """The first offset after ``offset_s`` at which the value may change (the next sample,
+        or the wrap back to the first)."""
+        t = offset_s % self.period_s
+        i = bisect.bisect_right(self.offsets_s, t)
+        step = (self.offsets_s[i] if i < len(self.offsets_s) else self.period_s) - t
+        return offset_s + step
+
     @classmethod
     def from_samples(cls, times: list[float], values: list[float]) -> "TimeSeries":
         if not times or len(times) != len(values):
@@ -99,6 +107,9 @@ class MixSeries:
         raw = {k: max(0.0, s.at(offset_s)) for k, s in self.series.items()}
         total = sum(raw.values()) or 1.0
         return {k: round(v / total, 4) for k, v in raw.items() if v > 0}
+
+    def next_after(self, offset_s: float) -> float:
+        return min(s.next_after(offset_s) for s in self.series.values())
 
 
 @lru_cache(maxsize=64)

@@ -2,8 +2,10 @@
 
 It runs where Serve already picks replicas (in direct-streaming mode, inside the app's
 ingress request router that HAProxy asks), so the fabric's decision adds no hop to the
-data path. The table is refreshed in the background; a routing decision never waits on
-the scheduler, and keeps using the last table if the scheduler is down (fail-static).
+data path. The table is refreshed in the background by a long poll (the scheduler answers when the
+table changes, so a router at rest sends one call every half minute); a routing decision
+never waits on the scheduler, and keeps using the last table if the scheduler is down
+(fail-static).
 Sessions (``x-session-id``) stick to one replica while its site takes traffic — the same one
 from every router instance (consistent hashing) — so vLLM's prefix cache already holds the
 conversation at each step.
@@ -24,6 +26,7 @@ from fabric.routing.pick import (Hints, NoAllowedReplica, Placement, RankCache, 
 from fabric.scheduling.table import RoutingTable, SmoothWeightedRoundRobin
 
 logger = logging.getLogger("fabric.router")
+LONG_POLL_S = 30.0  # a table that stands this long is confirmed by the scheduler's None
 
 
 _PLACEMENTS: dict[str, Placement] = {}  # replica id -> placement (fixed for its lifetime)
@@ -103,9 +106,12 @@ class FabricRequestRouter(FIFOMixin, RequestRouter):
                 if self._scheduler is None:
                     self._scheduler = await asyncio.to_thread(
                         ray.get_actor, self._scheduler_name, namespace=self._namespace)
-                data = await self._scheduler.routing_table.remote(self.table.version or None)
-                if data is not None:  # None: nothing a router uses changed since ours
-                    self.apply_table(RoutingTable.model_validate(data))
+                # a long poll: answered at once if ours is out of date, else when the table
+                # changes (or after LONG_POLL_S with None: nothing a router uses changed)
+                data = await self._scheduler.routing_table.remote(self.table.version or None,
+                                                                  LONG_POLL_S)
+                if data is not None and self.apply_table(RoutingTable.model_validate(data)):
+                    continue
             except Exception as exc:  # scheduler restarting or gone: keep the last table
                 logger.debug("routing table refresh failed (keeping version %s): %s",
                              self.table.version, exc)

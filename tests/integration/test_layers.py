@@ -43,6 +43,22 @@ def test_every_layer_has_its_named_actors_on_the_right_nodes(fabric):
     assert sum(n.startswith("fabric:gpu:") for n in names) == len(sites)  # one per site node
 
 
+def test_each_model_has_one_ingress_router_on_the_head(fabric):
+    """HAProxy (HeadOnly) asks each model app's ingress router which replica to use: one
+    router per app on the head, not one per node that holds replicas."""
+    from fabric.internals import serve_controller
+
+    head = next(n["NodeID"] for n in ray.nodes()
+                if n["Alive"] and (n.get("Labels") or {}).get("fabric/role") == "head")
+    details = ray.get(serve_controller().get_serve_instance_details.remote())
+    routers = {name: [r for r in app["deployments"]["LLMRouter"]["replicas"]
+                      if r["state"] == "RUNNING"]
+               for name, app in details["applications"].items() if "LLMRouter" in app["deployments"]}
+    assert len(routers) == len(fabric.spec.models)
+    for app, replicas in routers.items():
+        assert [r["node_id"] for r in replicas] == [head], (app, replicas)
+
+
 def test_power_grid_replays_real_data_at_given_times(fabric):
     site = fabric.spec.regions[0].sites[0]  # edge-a: CISO carbon and price series
     grid = actor(naming.power(site.name))

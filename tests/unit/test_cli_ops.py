@@ -21,8 +21,8 @@ def test_serve_config_is_a_valid_serve_deploy_file(tmp_path):
     ServeDeploySchema.model_validate(config)
     assert config["http_options"]["port"] == 8123
     apps = {a["name"]: a for a in config["applications"]}
-    assert set(apps) == {"fabric", "model-tiny-llama", "model-tiny-llama-large", "region-edge",
-                         "region-cloud", "tenant-api"}
+    # one gateway serves /v1 and every /<region>/v1 (one replica, not one per region)
+    assert set(apps) == {"fabric", "model-tiny-llama", "model-tiny-llama-large", "tenant-api"}
     assert apps["tenant-api"]["route_prefix"] == "/fabric" and len(apps["tenant-api"]["args"]["tenants"]) == 4
     small, large = apps["model-tiny-llama"], apps["model-tiny-llama-large"]
     assert (small["route_prefix"], large["route_prefix"]) == ("/models/tiny-llama", "/models/tiny-llama-large")
@@ -43,8 +43,23 @@ def test_serve_config_is_a_valid_serve_deploy_file(tmp_path):
     assert {m["id"]: m["url"] for m in gateway["args"]["models"]} == {
         "tiny-llama": "http://127.0.0.1:8123/models/tiny-llama/v1",
         "tiny-llama-large": "http://127.0.0.1:8123/models/tiny-llama-large/v1"}
-    assert apps["region-edge"]["args"]["region"] == "edge"
-    assert [m["edge"] for m in apps["region-edge"]["args"]["models"]] == [True, False]
+    assert gateway["args"]["regions"] == ["edge", "cloud"]
+    assert [m["edge"] for m in gateway["args"]["models"]] == [True, False]
+    assert "internal_key_hash" in gateway["args"] and not gateway["args"]["internal_key_hash"]
+
+
+def test_a_one_model_fabric_has_a_gateway_per_region(tmp_path):
+    from fabric.serve_config import fabric_apps
+    from fabric.spec import default_spec_path, load_spec
+
+    spec = load_spec(default_spec_path())
+    spec.models = spec.models[:1]
+    apps = {a["name"]: a for a in fabric_apps(spec, {spec.models[0].id: "/models/tiny"}, "k")}
+    assert set(apps) == {"fabric", "region-edge", "region-cloud", "tenant-api"}
+    assert apps["fabric"]["route_prefix"] == "/"  # the engine's own app
+    assert (apps["region-edge"]["route_prefix"], apps["region-edge"]["args"]["region"]) == (
+        "/edge", "edge")
+    assert apps["region-edge"]["args"]["internal_key_hash"]  # the live deployment's key, hashed
 
 
 def test_simulate_command_reports_json_and_refuses_bad_input():

@@ -93,3 +93,29 @@ def test_replay_clock_runs_faster_than_real_time():
     clock = ReplayClock(speed=60, start_s=100, t0=1000.0)
     assert clock.offset(now=1000.0) == 100
     assert clock.offset(now=1010.0) == 700
+
+
+def test_next_change_is_the_next_sample_or_event_edge():
+    """The grid actor sleeps until the profile's next edge: every change of the state, and of
+    the lowest budget over the look-ahead, happens exactly at one of those edges."""
+    s = load_series(str(CISO))
+    assert s.next_after(0) == 3600 and s.next_after(3599.5) == 3600
+    assert s.next_after(167 * 3600 + 10) == 168 * 3600  # the wrap back to the first sample
+    profile = PowerProfile(budget_mw=1.0, price_usd_per_mwh=40.0,
+                           carbon_g_per_kwh={"file": str(CISO)},
+                           curtailments=[Curtailment(start_s=10_000, duration_s=500,
+                                                     budget_fraction=0.5)])
+    grid = GridModel(profile)
+    assert grid.next_change_s(7300, ahead_s=1000) == 9000  # the curtailment enters the look-ahead
+    assert grid.next_change_s(9000, ahead_s=1000) == 10_000
+    assert grid.next_change_s(10_000, ahead_s=1000) == 10_500
+    assert grid.next_change_s(10_500, ahead_s=1000) == 10_800  # the next hourly sample
+    # between two edges nothing a reader sees changes
+    for start in (7300, 9000, 10_000, 10_500):
+        end = grid.next_change_s(start, ahead_s=1000)
+        probes = [start + f * (end - start) for f in (0.0, 0.3, 0.99)]
+        views = {(grid.state(t).model_dump_json(exclude={"offset_s"}),
+                  grid.lowest_budget_w(t, t + 1000)) for t in probes}
+        assert len(views) == 1, (start, end)
+    flat = GridModel(PowerProfile(budget_mw=1.0, price_usd_per_mwh=40.0, carbon_g_per_kwh=100.0))
+    assert flat.next_change_s(0) == float("inf")

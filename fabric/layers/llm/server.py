@@ -72,10 +72,14 @@ class FabricLLMServer(LLMServer):
         self._background = asyncio.get_running_loop().create_task(self._report(where))
         return app
 
-    async def _report(self, where: dict, period_s: float = 0.5) -> None:
-        """Every half second: push this engine's load to its node's GPUMonitor (modelled power
-        follows it) and learn the node's power back; refresh the site's grid price and carbon;
-        hand usage records to the ledger, keeping them until it acknowledges."""
+    async def _report(self, where: dict, period_s: float = 0.5, heartbeat_s: float = 2.0,
+                      context_s: tuple[float, float] = (2.0, 10.0)) -> None:
+        """Push this engine's load to its node's GPUMonitor (modelled power follows it) and
+        learn the node's power back: every half second while it serves, every two seconds at
+        rest (a heartbeat: the monitor counts an engine that stops reporting as gone). Refresh
+        the site's grid price and carbon and the routing table's policy, version and
+        counterfactual for the usage records: every 2 s while it serves, 10 s at rest. Hand
+        usage records to the ledger, keeping them until it acknowledges."""
         from fabric.layers import naming
         from fabric.metering.ledger import LEDGER_NAME, hand_over
 
@@ -91,39 +95,49 @@ class FabricLLMServer(LLMServer):
                                                       namespace=naming.NAMESPACE)
             return actors[key]
 
-        tick = 0
+        loop = asyncio.get_running_loop()
+        reported_at = context_at = -1e9
+        seen = -1  # requests finished when last reported
         while True:
             await asyncio.sleep(period_s)
-            tick += 1
             m = self._meter
-            try:
-                reading = await (await actor("monitor")).report_load.remote(
-                    replica, m.take_utilisation(), m.inflight, m.requests, m.tokens_out,
-                    model=self._llm_config.model_id, stats=self._stats.as_dict())
-                self._ctx.power_w, self._ctx.power_source = reading["power_w"], reading["source"]
-                self._ctx.pue = reading["pue"]
-            except Exception:  # no monitor (yet): the engine serves on regardless
-                actors.pop("monitor", None)
-            if tick % 4 == 1:
+            now = loop.time()
+            busy = m.inflight > 0 or m.requests != seen
+            if busy or now - reported_at >= heartbeat_s:
+                reported_at, seen = now, m.requests
                 try:
-                    grid = await (await actor("grid")).state.remote()
-                    self._ctx.carbon_g_per_kwh = grid["carbon_g_per_kwh"]
-                    self._ctx.price_usd_per_mwh = grid["price_usd_per_mwh"]
-                except Exception:
-                    actors.pop("grid", None)
-                try:  # what the records say about the decision: policy, version, counterfactual
-                    table = await (await actor("scheduler")).routing_table.remote()
-                    self._ctx.policy, self._ctx.table_version = table["policy"], table["version"]
-                    self._ctx.counterfactual = table.get("counterfactual", {}).get(where["site"])
-                    self._ctx.places = {k: table.get(k) for k in ("site_region", "edge_sites",
-                                                                   "parked")}
-                except Exception:
-                    actors.pop("scheduler", None)
+                    reading = await (await actor("monitor")).report_load.remote(
+                        replica, m.take_utilisation(), m.inflight, m.requests, m.tokens_out,
+                        model=self._llm_config.model_id, stats=self._stats.as_dict())
+                    self._ctx.power_w, self._ctx.power_source = reading["power_w"], reading["source"]
+                    self._ctx.pue = reading["pue"]
+                except Exception:  # no monitor (yet): the engine serves on regardless
+                    actors.pop("monitor", None)
+            if now - context_at >= context_s[0 if busy else 1]:
+                context_at = now
+                await self._refresh_context(actor, actors, where)
             if m.records:
                 try:
                     await hand_over(m.records, await actor("ledger"))
                 except Exception:  # ledger restarting: keep them and retry (ids dedupe)
                     actors.pop("ledger", None)
+
+    async def _refresh_context(self, actor, actors: dict, where: dict) -> None:
+        """The grid's price and carbon now, and what the records say about the decision:
+        policy, table version, counterfactual."""
+        try:
+            grid = await (await actor("grid")).grid_state.remote()
+            self._ctx.carbon_g_per_kwh = grid["carbon_g_per_kwh"]
+            self._ctx.price_usd_per_mwh = grid["price_usd_per_mwh"]
+        except Exception:
+            actors.pop("grid", None)
+        try:
+            table = await (await actor("scheduler")).routing_table.remote()
+            self._ctx.policy, self._ctx.table_version = table["policy"], table["version"]
+            self._ctx.counterfactual = table.get("counterfactual", {}).get(where["site"])
+            self._ctx.places = {k: table.get(k) for k in ("site_region", "edge_sites", "parked")}
+        except Exception:
+            actors.pop("scheduler", None)
 
 
 def llm_config(spec: FabricSpec, model: ModelSpec, model_source: str,
@@ -168,7 +182,6 @@ def llm_config_fields(spec: FabricSpec, model: ModelSpec, model_source: str,
             "request_router_config": {
                 "request_router_class": "fabric.routing.router:FabricRequestRouter",
                 "request_router_kwargs": {"refresh_s": min(spec.scheduler.tick_s, 1.0)},
-                "request_routing_stats_period_s": 2,
             },
         },
     )
