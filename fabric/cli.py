@@ -322,6 +322,8 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
                                        "saved against least_load at the same moments"),
           batch: Optional[str] = typer.Option(None, help="one Batch API batch: its tokens, and its "
                                               "energy $ and gCO2 against running it at once"),
+          federation: Optional[Path] = typer.Option(None, help="a federation spec: every member's "
+                                                    "own ledger, read with its operator key"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Totals from the token ledger: requests, tokens, $, J/token, gCO2 per million tokens
     (with --savings: against what least_load would have made of the same tokens)."""
@@ -359,10 +361,23 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
         console.print(f"[red]error:[/] --by must be one of {', '.join(GROUPS)}")
         raise typer.Exit(2)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours) if hours else None
-    rows = totals(read_usage(path or default_ledger_path(), since=since), by)
-    if as_json:
-        print(json.dumps(rows, indent=2))
-        return
+    members: dict[str, str] = {}
+    if federation is not None:
+        from fabric.federation.usage import federation_usage
+
+        try:
+            rows, members = federation_usage(federation, by, since)
+        except (SpecError, RuntimeError) as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2)
+        if as_json:
+            print(json.dumps({"rows": rows, "members": members}, indent=2))
+            return
+    else:
+        rows = totals(read_usage(path or default_ledger_path(), since=since), by)
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
     table = Table(title=f"usage by {by}", title_justify="left")
     cols = [by, "requests", "tokens in", "tokens out", "billed $", "energy $", "J/token", "gCO2/Mtok"]
     if savings:
@@ -378,10 +393,50 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
                       f"{r['counterfactual_requests']:,}"]
         table.add_row(*cells)
     Console(width=170 if savings else 140).print(table)
+    for name, state in members.items():
+        console.print(f"member {name}: {state}" if state == "ok" else
+                      f"[red]member {name}: {state} — its records are not in these totals[/]")
     if savings:
         console.print("[dim]saved: the same tokens priced at the sites least_load would have "
                       "weighted at each request's moment, less what they cost where they ran; "
                       "records written before the counterfactual existed count as 0[/]")
+
+
+@app.command()
+def federate(spec_path: Path = typer.Option(..., "--spec", help="federation spec YAML "
+                                            "(e.g. deployments/federation/federation.yaml)"),
+             port: Optional[int] = typer.Option(None, "--port", help="the federation's HTTP port"),
+             operator_key_sha256: Optional[str] = typer.Option(
+                 None, "--operator-key-sha256", help="opens /fabric/v1/federation/status "
+                 "(default: served to loopback callers only)")) -> None:
+    """Run one fabric over several: pull every member fabric's snapshot, run the policy over
+    all their sites, and route each request to the member holding the chosen site."""
+    from fabric.federation.server import serve_federation
+    from fabric.federation.spec import load_federation
+
+    try:
+        spec = load_federation(spec_path)
+    except SpecError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    if port is not None:
+        spec.listen.port = port
+    from fabric.cluster import port_in_use
+    if port_in_use(spec.listen.host, spec.listen.port):
+        console.print(f"[red]error:[/] port {spec.listen.port} on {spec.listen.host} is already "
+                      "in use; choose another with --port")
+        raise typer.Exit(1)
+    base = f"http://{spec.listen.host}:{spec.listen.port}"
+
+    def ready() -> None:
+        console.print(f"[bold green]serving[/] federation {spec.name} of "
+                      f"{len(spec.members)} members at [cyan]{base}/v1[/]; Ctrl-C stops")
+        for m in spec.members:
+            console.print(f"  member {m.name}: {m.url} (regions {', '.join(m.regions)})")
+        console.print(f"  status: [cyan]{base}/fabric/v1/federation/status[/]")
+
+    serve_federation(spec, operator_key_sha256, ready=ready)
+    console.print("stopped")
 
 
 agents_app = typer.Typer(no_args_is_help=True, help="Agent workloads: swarms inside the cluster, or a client here.")

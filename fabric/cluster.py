@@ -147,6 +147,11 @@ class LocalCluster:
                 "num_cpus": self.head_cpus,
                 "labels": {ROLE_LABEL: "head"},
                 "include_dashboard": self.dashboard,
+                # several local clusters may share a machine (a federation's members): the
+                # dashboard takes 8265 or the next free port (None: Ray tries 50 from 8265),
+                # its agent a port nobody holds
+                "dashboard_port": None,
+                "dashboard_agent_listen_port": free_port(),
                 "object_store_memory": 256 * 1024 * 1024,
                 "node_ip_address": LOCAL_IP,
                 **QUIET_HEAD_ARGS,

@@ -24,7 +24,7 @@ def fabric_apps(spec: FabricSpec, sources: dict[str, str], internal_key: str = "
     from fabric.layers.gateway import regional_apps
     from fabric.layers.llm.server import llm_config_fields
     from fabric.layers.tenant_api import APP_NAME as TENANT_APP
-    from fabric.layers.tenant_api import ROUTE_PREFIX
+    from fabric.layers.tenant_api import ROUTE_PREFIX, member_args
     from fabric.layers.ui import ui_args
     from fabric.metering.tenants import key_hash
 
@@ -37,7 +37,7 @@ def fabric_apps(spec: FabricSpec, sources: dict[str, str], internal_key: str = "
     apps.append({"name": TENANT_APP, "route_prefix": ROUTE_PREFIX,
                  "import_path": "fabric.layers.tenant_api:build_tenant_api",
                  "args": {"tenants": [t.model_dump() for t in spec.tenants],
-                          "ui": ui_args(spec)}})
+                          "ui": ui_args(spec), "federation": member_args(spec, model_urls(spec))}})
     return apps
 
 

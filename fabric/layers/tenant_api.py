@@ -31,8 +31,8 @@ from ray import serve
 
 from fabric.layers.body import parse_object, read_limited, too_large
 from fabric.layers.errors import openai_error
-from fabric.layers.ui import MAX_STREAMS, LiveState, page, ui_args
-from fabric.metering.report import read_usage, totals
+from fabric.layers.ui import MAX_STREAMS, LiveState, operator_refusal, page, ui_args
+from fabric.metering.report import GROUPS, read_usage, totals
 from fabric.metering.tenants import Refusal
 from fabric.metering.tenants import from_spec as tenant_gate
 from fabric.spec import ROLE_LABEL
@@ -124,10 +124,14 @@ def tenant_usage(root: str, tenant: str, since=None, until=None, group_by=None) 
                   max_ongoing_requests=256)
 @serve.ingress(app)
 class TenantAPI:
-    def __init__(self, tenants: list[dict], ui: dict | None = None):
+    def __init__(self, tenants: list[dict], ui: dict | None = None,
+                 federation: dict | None = None):
         self.gate = tenant_gate(tenants, None, share=1.0)
         self.root: str | None = None
         self.live = LiveState(**(ui or {}))
+        self.ui = ui or {}
+        self.member = federation or {}  # what a federation needs to know of this fabric
+        self._scheduler = None
 
     def _tenant(self, request: Request):
         tenant = self.gate.authenticate(request.headers.get("authorization", ""))
@@ -221,6 +225,60 @@ class TenantAPI:
         return JSONResponse(job)
 
 
+    # what a federation reads of its members (operator key: fabric.federation)
+    def _operator(self, request: Request):
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return operator_refusal(self.ui.get("operator_key_sha256"), self.ui.get("loopback", True),
+                                given or request.query_params.get("key", ""),
+                                "a federation's calls need this member's operator key "
+                                "(Authorization: Bearer <key>)")
+
+    @app.get("/v1/federation/snapshot")
+    async def member_snapshot(self, request: Request) -> Response:
+        """This fabric's sites' signals as its scheduler last read them (the ``Snapshot`` a
+        federation's policy runs on), its routing table, its models and regions."""
+        refused = self._operator(request)
+        if refused:
+            return refused
+        from fabric.layers.naming import SCHEDULER
+
+        try:
+            if self._scheduler is None:
+                self._scheduler = await self._actor(SCHEDULER)
+            status = await self._scheduler.status.remote()
+        except Exception as exc:
+            self._scheduler = None
+            return openai_error(503, f"the scheduler is not reachable now: {exc}",
+                                "ServiceUnavailableError")
+        if not status.get("snapshot"):
+            return openai_error(503, "the scheduler has no snapshot yet", "ServiceUnavailableError")
+        return JSONResponse({**self.member, "at": time.time(), "snapshot": status["snapshot"],
+                             "table": status["table"]})
+
+    @app.get("/v1/federation/usage")
+    async def member_usage(self, request: Request) -> Response:
+        """Every tenant's totals from this fabric's own ledger (``group_by``: one of
+        tenant, agent_id, model, tier, region, site, date; ``since`` / ``until``)."""
+        refused = self._operator(request)
+        if refused:
+            return refused
+        query = dict(request.query_params)
+        group_by = query.pop("group_by", "tenant")
+        try:
+            since, until, _ = parse_query(query)
+            if group_by not in GROUPS:
+                raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
+            root = await self._ledger_root()
+        except ValueError as exc:
+            return openai_error(400, str(exc), "BadRequestError", "query")
+        except Exception as exc:
+            return openai_error(503, f"the token ledger is not reachable now: {exc}",
+                                "ServiceUnavailableError")
+        rows = await asyncio.to_thread(lambda: totals(read_usage(root, since, until), group_by))
+        return JSONResponse(json.loads(json.dumps({"member": self.member.get("name"),
+                                                   "group_by": group_by, "rows": rows},
+                                                  default=str)))
+
     # the operator's live page (fabric.layers.ui)
     @app.get("/ui")
     async def ui_page(self, request: Request) -> Response:
@@ -259,4 +317,15 @@ def api_url(spec) -> str:
 
 def build_tenant_api(args: dict):
     """Serve config builder (``import_path: fabric.layers.tenant_api:build_tenant_api``)."""
-    return TenantAPI.bind(args.get("tenants") or [], args.get("ui"))
+    return TenantAPI.bind(args.get("tenants") or [], args.get("ui"), args.get("federation"))
+
+
+def member_args(spec, urls: dict[str, str]) -> dict:
+    """What a federation reads of this fabric besides its snapshot: name, regions, models."""
+    from fabric.layers.gateway import catalog
+
+    return {"name": spec.name,
+            "regions": [{"name": r.name, "edge": r.edge, "sites": [s.name for s in r.sites]}
+                        for r in spec.regions],
+            "models": [{k: m[k] for k in ("id", "tier", "regions", "edge")}
+                       for m in catalog(spec, urls)]}

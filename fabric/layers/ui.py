@@ -34,6 +34,23 @@ def ui_args(spec) -> dict:
             "loopback": spec.endpoint.host in LOOPBACK}
 
 
+def operator_refusal(key_hash: str | None, loopback: bool, given: str,
+                     needs: str = "this needs the operator key") -> object | None:
+    """None when a caller holding ``given`` may see operator data (the live page, a member's
+    snapshot for its federation), else the OpenAI-style refusal: with an operator key in the
+    spec the key must match; without one only a loopback endpoint serves it."""
+    if key_hash:
+        digest = hashlib.sha256(given.encode()).hexdigest()
+        if hmac.compare_digest(digest, key_hash):
+            return None
+        return openai_error(401, needs, None, "key", "invalid_api_key")
+    if not loopback:
+        return openai_error(403, "operator data is served on a loopback endpoint only, or "
+                            "with endpoint.operator_key_sha256 set in the spec", None, None,
+                            "operator_key_required")
+    return None
+
+
 def page() -> str:
     return resources.files("fabric.layers").joinpath("ui.html").read_text()
 
@@ -52,17 +69,8 @@ class LiveState:
 
     def refusal(self, query: dict):
         """None when the caller may see the page, else the OpenAI-style refusal."""
-        if self.key_hash:
-            given = hashlib.sha256(query.get("key", "").encode()).hexdigest()
-            if hmac.compare_digest(given, self.key_hash):
-                return None
-            return openai_error(401, "the live page needs the operator key: /fabric/ui?key=...",
-                                None, "key", "invalid_api_key")
-        if not self.loopback:
-            return openai_error(403, "the live page is served on a loopback endpoint only, or "
-                                "with endpoint.operator_key_sha256 set in the spec", None, None,
-                                "operator_key_required")
-        return None
+        return operator_refusal(self.key_hash, self.loopback, query.get("key", ""),
+                                "the live page needs the operator key: /fabric/ui?key=...")
 
     async def latest(self) -> dict:
         """The state at most ``PERIOD_S`` old (one gather for every caller in that time)."""

@@ -66,6 +66,43 @@ def totals(table: pa.Table, by: str | None = "tenant") -> list[dict]:
     return sorted(rows, key=lambda r: str(r[by])) if by else rows
 
 
+ADDITIVE = ("requests", "prompt_tokens", "completion_tokens", "billed_usd", "energy_cost_usd",
+            "energy_j", "carbon_g", "saved_usd", "saved_kg_co2", "counterfactual_requests")
+
+
+def merge_rows(parts: list[list[dict]], by: str | None) -> list[dict]:
+    """``totals`` rows from several ledgers (a federation's members) as one set of rows:
+    sums per ``by`` value, the per-token ratios computed again from the sums."""
+    merged: dict = {}
+    for rows in parts:
+        for row in rows:
+            key = row.get(by) if by else None
+            into = merged.setdefault(key, {**({by: key} if by else {}),
+                                           **{k: 0 for k in ADDITIVE}})
+            for k in ADDITIVE:
+                into[k] += row.get(k) or 0
+    out = []
+    for row in merged.values():
+        tokens = row["prompt_tokens"] + row["completion_tokens"]
+        row["j_per_token"] = round(row["energy_j"] / tokens, 6) if tokens else 0.0
+        row["gco2_per_mtok"] = round(row["carbon_g"] / tokens * 1e6, 3) if tokens else 0.0
+        for k in ("billed_usd", "energy_cost_usd", "saved_usd", "saved_kg_co2"):
+            row[k] = round(row[k], 9)
+        row["energy_j"], row["carbon_g"] = round(row["energy_j"], 3), round(row["carbon_g"], 6)
+        out.append(row)
+    return sorted(out, key=lambda r: str(r[by])) if by else out
+
+
+def merge_usage(parts: list[dict]) -> dict:
+    """The tenants' usage answers (``/fabric/v1/usage``) of several members as one answer."""
+    first = parts[0]
+    group_by = first.get("group_by")
+    return {**{k: first.get(k) for k in ("object", "tenant", "since", "until")},
+            "totals": (merge_rows([[p["totals"]] for p in parts], None) or [{}])[0],
+            "group_by": group_by,
+            "data": merge_rows([p.get("data") or [] for p in parts], group_by) if group_by else []}
+
+
 def _with_savings(table: pa.Table) -> pa.Table:
     """Per record: energy $ and gCO2 saved against least_load (null where not recorded)."""
     for name in ("counterfactual_energy_cost_usd", "counterfactual_carbon_g"):

@@ -3,18 +3,15 @@
 import re
 import signal
 import subprocess
-import sys
-import threading
 import time
 
-import psutil
 import pytest
 
 from fabric.cluster import free_port
+from procs import FABRIC, Watched, assert_nothing_left_behind
 
 # Each test starts a fabric of its own: they run before the shared one starts (conftest).
 pytestmark = [pytest.mark.integration, pytest.mark.own_fabric]
-FABRIC = [sys.executable, "-m", "fabric.cli"]
 
 
 def one_model_spec(tmp_path) -> str:
@@ -33,79 +30,6 @@ def one_model_spec(tmp_path) -> str:
     path = tmp_path / "one-model.yaml"
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     return str(path)
-
-
-class Watched:
-    """A CLI run whose whole process tree is recorded while it lives."""
-
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([*FABRIC, *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        self.seen: dict[int, psutil.Process] = {}
-        self.lines: list[str] = []
-        self._stop = False
-        threading.Thread(target=self._watch, daemon=True).start()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _watch(self):
-        root = psutil.Process(self.proc.pid)
-        while not self._stop:
-            try:
-                for p in root.children(recursive=True):
-                    self.seen.setdefault(p.pid, p)
-            except psutil.Error:
-                pass
-            time.sleep(0.3)
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> bool:
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.proc.poll() is None:
-            if any(re.search(pattern, line) for line in self.lines):
-                return True
-            time.sleep(0.5)
-        return any(re.search(pattern, line) for line in self.lines)
-
-    def finish(self, timeout: float) -> int:
-        rc = self.proc.wait(timeout=timeout)
-        self._stop = True
-        time.sleep(1)
-        return rc
-
-    def survivors(self) -> list[str]:
-        out = []
-        for pid, p in self.seen.items():
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(f"{pid} {' '.join(p.cmdline())[:120]}")
-            except psutil.Error:
-                pass
-        return out
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-
-def assert_nothing_left_behind(address: str | None, port: int) -> None:
-    """No port held, no pointer to the dead cluster, and a plain Ray program starts its own."""
-    import os
-
-    from fabric.cluster import port_in_use
-    from fabric.internals import ray_address_file
-
-    assert not port_in_use("127.0.0.1", port), f"port {port} still held"
-    pointer = ray_address_file()
-    if address and os.path.exists(pointer):
-        assert open(pointer).read().strip() != address, f"{pointer} still names {address}"
-    plain = subprocess.run([sys.executable, "-c", "import ray; ray.init(num_cpus=1); "
-                            "print('cpus', ray.cluster_resources()['CPU']); ray.shutdown()"],
-                           capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert plain.returncode == 0 and "cpus 1.0" in plain.stdout, plain.stdout + plain.stderr[-2000:]
 
 
 def test_demo_prints_report_with_both_regions_and_leaves_nothing_running(tmp_path):
