@@ -153,7 +153,10 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
 @app.command()
 def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
        port: Optional[int] = PortOpt, address: Optional[str] = AddressOpt,
-       log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes")) -> None:
+       log_file: Optional[Path] = typer.Option(None, help="where Ray/vLLM output goes"),
+       autoscale: bool = typer.Option(False, "--autoscale", help="local cluster: Ray's "
+                                      "autoscaler starts each site's raylet when an engine "
+                                      "needs it and releases it when its site is parked")) -> None:
     """Deploy the fabric onto a running Ray cluster (--address), or start a local multi-node
     cluster with the fabric on it; serve until Ctrl-C or `fabric down`."""
     from fabric.runtime import quiet_output, running_fabric
@@ -166,7 +169,7 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
         with quiet_output(log) as terminal:
             out = Console(file=terminal, log_path=False)
             with running_fabric(spec, model=model, address=address, step=out.log,
-                                dashboard=True) as fab:
+                                dashboard=True, autoscale=autoscale) as fab:
                 record_run({"address": fab.cluster.address if fab.cluster else address,
                             "base_url": fab.base_url,
                             "regional_urls": fab.regional_urls, "pid": os.getpid(),

@@ -11,6 +11,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from fabric.internals import FAKE_HEAD_NODE_ID, FAKE_NODE_PROVIDER
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, ROLE_LABEL, SITE_LABEL,
                          FabricSpec)
 
@@ -116,13 +117,44 @@ def site_node_args(region, site, object_store_mb: int = 128) -> dict:
     }
 
 
+def autoscaling_config(spec: FabricSpec, gcs_address: str, idle_timeout_s: float = 12.0) -> dict:
+    """A cluster-launcher config whose worker node types are the spec's sites (one raylet
+    each, its labels and resources), started and released on this machine by Ray's fake
+    multi-node provider — the same autoscaler a ``ray up`` cluster runs, with processes for
+    machines. Sites start on demand (min_workers 0): an engine placed there brings its node up;
+    a node left with nothing on it (a parked site's, handed back) is released."""
+    types = {"ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0}}
+    for region in spec.regions:
+        for site in region.sites:
+            args = site_node_args(region, site)
+            types[site.name] = {
+                "resources": {"CPU": args["num_cpus"], **args["resources"],
+                              "object_store_memory": args["object_store_memory"]},
+                "labels": args["labels"], "node_config": {},
+                "min_workers": 0, "max_workers": 1}
+    return {"cluster_name": f"fabric-{spec.name}", "max_workers": len(types) - 1,
+            "idle_timeout_minutes": idle_timeout_s / 60.0, "upscaling_speed": 1.0,
+            "provider": {"type": "external", "gcs_address": gcs_address,
+                         "module": FAKE_NODE_PROVIDER,
+                         "launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID,
+                         "disable_node_updaters": True},
+            "head_node_type": "ray.head.default", "available_node_types": types,
+            "auth": {"ssh_user": "fabric"}, "docker": {}, "file_mounts": {},
+            "cluster_synced_files": [], "initialization_commands": [], "setup_commands": [],
+            "head_setup_commands": [], "worker_setup_commands": [],
+            "head_start_ray_commands": [], "worker_start_ray_commands": []}
+
+
 @dataclass
 class LocalCluster:
-    """Head + one raylet per site, all on this machine. Use as a context manager."""
+    """Head + one raylet per site, all on this machine. Use as a context manager.
+    ``autoscale``: the site raylets are started and released by Ray's autoscaler (a fake
+    multi-node provider: processes for machines) as engines need them, not up front."""
 
     spec: FabricSpec
     head_cpus: float = 4
     dashboard: bool = False
+    autoscale: bool = False
     _cluster: object = field(default=None, init=False, repr=False)
 
     @property
@@ -141,6 +173,23 @@ class LocalCluster:
         from ray.cluster_utils import Cluster
 
         head_port = free_port()
+        scaling = {}
+        if self.autoscale:
+            import json
+            import tempfile
+
+            config = autoscaling_config(self.spec, f"{LOCAL_IP}:{head_port}")
+            with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fabric-autoscaling-",
+                                             delete=False) as f:
+                json.dump(config, f)
+            scaling = {"autoscaling_config": f.name}
+            # the autoscaler (v2) with its fake provider: the head carries the provider's id
+            # (set for the head's processes only; put back once they started)
+            env = {"RAY_FAKE_CLUSTER": "1", "RAY_enable_autoscaler_v2": "1",
+                   "RAY_CLOUD_INSTANCE_ID": FAKE_HEAD_NODE_ID, "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                   "RAY_OVERRIDE_NODE_ID_FOR_TESTING": FAKE_HEAD_NODE_ID}
+            self._saved_env = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
         try:
             self._cluster = Cluster(initialize_head=True, head_node_args={
                 "gcs_server_port": head_port,
@@ -155,17 +204,29 @@ class LocalCluster:
                 "object_store_memory": 256 * 1024 * 1024,
                 "node_ip_address": LOCAL_IP,
                 **QUIET_HEAD_ARGS,
+                **scaling,
             })
-            for region in self.spec.regions:
-                for site in region.sites:
-                    self._cluster.add_node(**site_node_args(region, site))
+            self._restore_env()
+            if not self.autoscale:
+                for region in self.spec.regions:
+                    for site in region.sites:
+                        self._cluster.add_node(**site_node_args(region, site))
             self._cluster.wait_for_nodes()
         except Exception as exc:
             self.shutdown()
             raise ClusterError(f"could not start the local Ray cluster: {exc}") from exc
         return self
 
+    def _restore_env(self) -> None:
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._saved_env = {}
+
     def shutdown(self) -> None:
+        self._restore_env()
         if self._cluster is None:
             return
         address = self._cluster.address

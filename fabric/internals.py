@@ -20,6 +20,11 @@ logger = logging.getLogger("fabric.internals")
 
 WRITTEN_FOR = {"ray": "2.60.0", "vllm": "0.29.0"}
 
+# Ray's fake multi-node provider (an external node provider module) and the node id it
+# gives the head: the local cluster's autoscaler launches raylets as its "machines"
+FAKE_NODE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+FAKE_HEAD_NODE_ID = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"
+
 SERVE_CONTROLLER = "SERVE_CONTROLLER_ACTOR"  # Serve's own actor and namespace names
 SERVE_NAMESPACE = "serve"
 
@@ -103,6 +108,11 @@ HOOKS: dict[str, tuple[str, Callable[[], bool]]] = {
                                  "_reconcile_ingress_request_router", None))
         and hasattr(_attr("ray.serve._private.constants"),
                     "RAY_SERVE_CONTROLLER_CALLBACK_IMPORT_PATH")),
+    "fake_multi_node.FakeMultiNodeProvider": (
+        "let the autoscaler start and release the local cluster's site raylets (fabric up "
+        "--autoscale: processes for machines)",
+        lambda: callable(_attr(*FAKE_NODE_PROVIDER.rsplit(".", 1)))
+        and _attr(FAKE_NODE_PROVIDER.rsplit(".", 1)[0], "FAKE_HEAD_NODE_ID") == FAKE_HEAD_NODE_ID),
     "autoscaler.util.fillout_defaults/validate_config": (
         "validate cluster.yaml as `ray up` would",
         lambda: all(callable(_attr("ray.autoscaler._private.util", n))

@@ -47,8 +47,10 @@ def check_endpoint_port(spec: FabricSpec) -> None:
 @contextlib.contextmanager
 def running_fabric(spec: FabricSpec, model: str | None = None, address: str | None = None,
                    step: Callable[[str], None] = lambda msg: None,
-                   dashboard: bool = False) -> Iterator[Fabric]:
-    """Start (or connect to) a cluster, deploy the fabric, yield it, and tear it all down."""
+                   dashboard: bool = False, autoscale: bool = False) -> Iterator[Fabric]:
+    """Start (or connect to) a cluster, deploy the fabric, yield it, and tear it all down.
+    ``autoscale``: a local cluster whose site raylets Ray's autoscaler starts and releases
+    (``LocalCluster.autoscale``)."""
     from fabric.model import model_sources
 
     check_endpoint_port(spec)
@@ -65,8 +67,9 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
             step(f"connecting to {address}")
             connect(address)
         else:
-            step(f"starting local cluster: head + {len(spec.sites)} site raylets")
-            cluster = LocalCluster(spec, dashboard=dashboard).start()
+            step(f"starting local cluster: head + {len(spec.sites)} site raylets"
+                 + (" (started and released by Ray's autoscaler)" if autoscale else ""))
+            cluster = LocalCluster(spec, dashboard=dashboard, autoscale=autoscale).start()
             connect(cluster.address, node_ip=LOCAL_IP)
         timings["cluster_s"] = time.perf_counter() - t
         from fabric.internals import hooks_report
@@ -82,7 +85,7 @@ def running_fabric(spec: FabricSpec, model: str | None = None, address: str | No
 
         t = time.perf_counter()
         step("starting power, site and GPU actors")
-        start_layers(spec)
+        start_layers(spec, nodes_may_come=autoscale or bool(address))
         step("starting scheduler and token ledger")
         start_scheduler(spec)
         from fabric.metering import default_ledger_path

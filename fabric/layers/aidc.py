@@ -10,6 +10,12 @@ polling: the grid's next edge is known in advance, and each GPUMonitor is follow
 poll that answers only when its reading says something new. The scheduler follows the site
 the same way (``watch``): a site at rest costs one call per reader every half minute, and a
 curtailment or a load change travels up in one call.
+
+It runs on the head, not on the site's nodes, and it tends the site's monitors: one on every
+live node of the site, except nodes the scheduler handed back (``hand_back``: a parked site's
+nodes whose engines it stopped). Those hold nothing of the fabric, so a cluster autoscaler may
+release them; ``take_back`` (the site unparked, or an engine starting there) monitors them
+again, and a node the autoscaler starts for the site gets its monitor when it joins.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class AIFactory:
         self._loop: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None  # the grid's clock moved, or a monitor was lost
         self._relist = True
+        self._handed_back: set[str] = set()  # node ids whose capacity the scheduler released
         self._starting: asyncio.Lock | None = None
         self._published = Watched()
 
@@ -115,8 +122,27 @@ class AIFactory:
                                                           namespace=naming.NAMESPACE)
         return self._handles[name]
 
+    def _tend_monitors(self) -> list[str]:
+        """A monitor on each live node of the site that is not handed back, none on the others
+        (a node handed back holds nothing of the fabric: an autoscaler may release it).
+        Returns the monitors' names. Blocking (GCS calls): run off the event loop."""
+        from fabric.layers.stack import ensure_monitor, site_nodes
+
+        alive = set(site_nodes(self.site.name))
+        wanted = {naming.gpu(self.site.name, n): n for n in alive - self._handed_back}
+        names = set(self._monitor_names())
+        for name in names - set(wanted):  # a node gone or handed back: its monitor goes too
+            try:
+                ray.kill(ray.get_actor(name, namespace=naming.NAMESPACE), no_restart=True)
+            except ValueError:
+                pass
+        for name in set(wanted) - names:
+            ensure_monitor(self.site.model_dump_json(), self.site.name, wanted[name])
+        self._handed_back &= alive  # a released node that comes back is a new node
+        return sorted(wanted)
+
     async def _follow_monitors(self) -> None:
-        names = await asyncio.to_thread(self._monitor_names)
+        names = await asyncio.to_thread(self._tend_monitors)
         for gone in set(self._followers) - set(names):
             self._followers.pop(gone).cancel()
             self._handles.pop(gone, None)
@@ -144,6 +170,26 @@ class AIFactory:
         self._relist = True
         if self._wake is not None:
             self._wake.set()
+
+    # --- capacity handed back and taken again (the scheduler parks and unparks sites) ----
+
+    async def hand_back(self, node_ids: list[str]) -> list[str]:
+        """These nodes serve nothing now (their engines were stopped for parking): their
+        monitors go, so nothing of the fabric holds them and an autoscaler may release them.
+        Their power is no longer counted (as the simulator counts a released node). Returns
+        the nodes handed back."""
+        await self._ensure_running()
+        self._handed_back |= set(node_ids)
+        await self._follow_monitors()
+        return sorted(self._handed_back)
+
+    async def take_back(self, node_ids: list[str] | None = None) -> list[str]:
+        """Monitor these nodes again (all handed-back ones by default): the site is unparked,
+        or an engine started on one of them. Returns the nodes still handed back."""
+        await self._ensure_running()
+        self._handed_back -= set(self._handed_back if node_ids is None else node_ids)
+        await self._follow_monitors()
+        return sorted(self._handed_back)
 
     def _compose(self) -> None:
         readings = [self._readings[n] for n in sorted(self._readings)]

@@ -165,6 +165,8 @@ class Scheduler:
         for site in sorted(parked_before ^ set(self._table.parked)):
             self._log({"action": "park" if site in self._table.parked else "unpark",
                        "site": site, "tick": self._ticks, "reason": "demand"})
+            if site not in self._table.parked:
+                self._capacity_call(site, "take_back", None)
         self._metrics.observe(self._states, self._table.weights, self._table.version, self._groups)
         await self._act_on_power(self._snapshot)
         if self._spec.scheduler.scale_replicas:
@@ -263,6 +265,8 @@ class Scheduler:
             for site, replica in stopped:
                 if site in self._table.parked:
                     self._released.setdefault(site, set()).add(replica)
+            for site in {site for site, _ in stopped if site in self._table.parked}:
+                self._capacity_call(site, "hand_back", self._idle_nodes(site))
             self._log({"action": "scale_replicas", "model": model, "from": current,
                        "to": target, "stopped_at": [site for site, _ in stopped],
                        "drained_sites": sorted(self._planner.drained)})
@@ -317,6 +321,30 @@ class Scheduler:
                 raise TimeoutError(f"Serve still lists stopped engines {sorted(ids)} as running")
         return chosen
 
+    def _idle_nodes(self, site: str) -> list[str]:
+        """The site's nodes none of whose engines serve (all stopped for parking, or none)."""
+        stopped = self._released.get(site, set())
+        return [r["node_id"] for r in self._site_states.get(site, {}).get("node_readings", [])
+                if all(e["replica"] in stopped or not e["healthy"] for e in r.get("engines", []))]
+
+    def _capacity_call(self, site: str, method: str, nodes: list[str] | None) -> None:
+        """Hand a parked site's idle nodes back (their monitors go: nothing of the fabric holds
+        them, so an autoscaler may release them), or take them back when it is unparked;
+        beside the tick, logged."""
+        async def call() -> None:
+            try:
+                factory = await asyncio.to_thread(ray.get_actor, naming.site(site),
+                                                  namespace=NAMESPACE)
+                left = await getattr(factory, method).remote(nodes)
+                self._log({"action": method, "site": site, "nodes": nodes,
+                           "handed_back": left, "tick": self._ticks})
+            except Exception as exc:
+                self._log({"action": f"{method}_failed", "site": site,
+                           "error": f"{type(exc).__name__}: {exc}"})
+
+        if method == "take_back" or nodes:
+            asyncio.get_running_loop().create_task(call())
+
     def _log(self, action: dict) -> None:
         self._actions.append({"at": time.time(), **action})
         self._actions = self._actions[-200:]
@@ -351,6 +379,7 @@ class Scheduler:
         self._table.version += 1  # a new table: routers waiting for one get it now
         self._routing_changed(self._table.version)
         self._log({"action": "unpark", "site": site, "tick": self._ticks, "reason": "request"})
+        self._capacity_call(site, "take_back", None)
         if self._snapshot is not None and self._spec.scheduler.scale_replicas:
             self._act_on_replicas(self._snapshot)
         return True

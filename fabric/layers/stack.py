@@ -10,7 +10,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from fabric.layers import naming
 from fabric.layers.aidc import AIFactory
 from fabric.layers.gpu import GPUMonitor
-from fabric.spec import SITE_LABEL, FabricSpec
+from fabric.spec import ROLE_LABEL, SITE_LABEL, FabricSpec
 
 
 def _opts(name: str) -> dict:
@@ -18,11 +18,25 @@ def _opts(name: str) -> dict:
             "get_if_exists": True}
 
 
-def start_layers(spec: FabricSpec) -> dict[str, list[str]]:
-    """A site actor per site (its AIFactory, holding its PowerGrid) on the site's nodes, a
-    GPUMonitor per site node. Returns the actor names by layer. Fails if a site of the spec
-    has no node."""
-    nodes = [n for n in ray.nodes() if n["Alive"] and SITE_LABEL in (n.get("Labels") or {})]
+def ensure_monitor(site_json: str, site: str, node_id: str):
+    """The GPUMonitor of a site's node, started there if it has none (nodes join, and a node
+    handed back gets one again when it serves). Returns its handle."""
+    return GPUMonitor.options(**_opts(naming.gpu(site, node_id)),
+                              scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
+                              ).remote(site_json, node_id)
+
+
+def site_nodes(site: str) -> list[str]:
+    """The ids of the live nodes labelled with ``site``."""
+    return [n["NodeID"] for n in ray.nodes()
+            if n["Alive"] and (n.get("Labels") or {}).get(SITE_LABEL) == site]
+
+
+def start_layers(spec: FabricSpec, nodes_may_come: bool = False) -> dict[str, list[str]]:
+    """A site actor per site (its AIFactory, holding its PowerGrid) on the head — a site's
+    state outlives its nodes, which an autoscaler may release when the site is parked — and a
+    GPUMonitor per site node. Returns the actor names by layer. A site with no node fails,
+    unless ``nodes_may_come`` (an autoscaling cluster starts them on demand)."""
     t0 = time.time()  # one replay clock for every site
     # the grids report the lowest budget scheduled over a cold start (and two ticks) ahead
     from fabric.scheduling.dispatch import DispatchParams
@@ -32,22 +46,19 @@ def start_layers(spec: FabricSpec) -> dict[str, list[str]]:
     names: dict[str, list[str]] = {"power": [], "aidc": [], "gpu": []}
     handles = []
     for region, site in spec.sites:
-        site_nodes = [n for n in nodes if n["Labels"][SITE_LABEL] == site.name]
-        if not site_nodes:
+        nodes = site_nodes(site.name)
+        if not nodes and not nodes_may_come:
             raise RuntimeError(f"site {site.name!r} has no node labelled {SITE_LABEL}={site.name}")
-        here = {"label_selector": {SITE_LABEL: site.name}}
         site_json = site.model_dump_json()
-        factory = AIFactory.options(**_opts(naming.site(site.name)), **here).remote(
+        factory = AIFactory.options(**_opts(naming.site(site.name)),
+                                    label_selector={ROLE_LABEL: "head"}).remote(
             site_json, region, spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
         handles.append(factory.grid_state.remote())
         names["power"].append(naming.power(site.name))
         names["aidc"].append(naming.aidc(site.name))
-        for node in site_nodes:
-            name = naming.gpu(site.name, node["NodeID"])
-            mon = GPUMonitor.options(**_opts(name), scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node["NodeID"], soft=False)).remote(site_json, node["NodeID"])
-            handles.append(mon.reading.remote())
-            names["gpu"].append(name)
+        for node in nodes:
+            handles.append(ensure_monitor(site_json, site.name, node).reading.remote())
+            names["gpu"].append(naming.gpu(site.name, node))
     ray.get(handles, timeout=120)
     return names
 

@@ -34,9 +34,9 @@ def test_every_layer_has_its_named_actors_on_the_right_nodes(fabric):
     sites = [s.name for _, s in fabric.spec.sites]
     assert naming.SCHEDULER in names
     for site in sites:
-        for name in (naming.power(site), naming.aidc(site)):
-            assert name in names
-            assert ray.get(actor(name).where.remote())["labels"]["fabric/site"] == site
+        # the site actor (layers 1 and 2) on the head: a site's state outlives its nodes
+        assert naming.power(site) == naming.aidc(site) == naming.site(site) in names
+        assert ray.get(actor(naming.site(site)).where.remote())["labels"]["fabric/role"] == "head"
         where = ray.get(gpu_monitor(site).where.remote())
         assert where["labels"]["fabric/site"] == site
         assert naming.gpu(site, where["node_id"]) in names  # named after its node

@@ -1,6 +1,6 @@
 """Capacity follows demand on the real fabric: with parking on, the small model's dearer site
 to keep on (edge-a or cloud-a, by the hour's prices) is parked at rest — its engine stopped,
-Serve's target lowered — and started again when a load the other site cannot take alone comes,
+Serve's target lowered, its node handed back (no fabric actor left on it) — and started again when a load the other site cannot take alone comes,
 every request of that load answered 200. (A request only a parked site may serve waking it is
 the dispatch policy's unit test and the scheduler's 503 + Retry-After path.) The session fabric
 runs with parking off; this test turns it on through the scheduler and restores it, with every
@@ -56,6 +56,11 @@ def waited(what: str, check, timeout: float, hosts: list[str]):
         pytest.fail(f"{exc}; {explain(hosts)}")
 
 
+def monitors(site: str) -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(naming.gpu_prefix(site))]
+
+
 def actions(kind: str, site: str, since: float) -> list[dict]:
     return [a for a in scheduler_status()["actions"]
             if a.get("action") == kind and a.get("site") == site and a["at"] >= since]
@@ -94,6 +99,10 @@ def test_the_dearer_site_parks_at_rest_and_comes_back_under_load(fabric, parking
     assert actions("park", site, started)[0]["reason"] == "demand"
     assert any(a.get("action") == "scale_replicas" and a["stopped_at"] == [site]
                for a in st["actions"] if a["at"] >= started)
+    # its node is handed back: nothing of the fabric holds it (an autoscaler may release it)
+    waited(f"{site}'s node handed back", lambda: not monitors(site) and actions(
+        "hand_back", site, started), 60, hosts)
+    assert monitors(other)
 
     # a load the other site cannot take alone unparks it at once (its engine starts; the
     # load runs on the other site meanwhile, every request a 200)
@@ -121,3 +130,5 @@ def test_the_dearer_site_parks_at_rest_and_comes_back_under_load(fabric, parking
             c.result()  # a client that raised fails the test
     assert actions("unpark", site, rested)[0]["reason"] == "demand"
     assert results and all(code == 200 for code in results), sorted(set(results))
+    waited(f"{site}'s node monitored again", lambda: monitors(site) and actions(
+        "take_back", site, rested), 60, hosts)

@@ -86,8 +86,8 @@ class FabricLLMServer(LLMServer):
         replica = serve.get_replica_context().replica_id.unique_id
         actors: dict[str, Any] = {}
         names = {"monitor": naming.gpu(where["site"], where["node_id"]),
-                 "grid": naming.power(where["site"]), "ledger": LEDGER_NAME,
-                 "scheduler": naming.SCHEDULER}
+                 "grid": naming.power(where["site"]), "site": naming.site(where["site"]),
+                 "ledger": LEDGER_NAME, "scheduler": naming.SCHEDULER}
 
         async def actor(key: str):
             if key not in actors:
@@ -113,6 +113,10 @@ class FabricLLMServer(LLMServer):
                     self._ctx.pue = reading["pue"]
                 except Exception:  # no monitor (yet): the engine serves on regardless
                     actors.pop("monitor", None)
+                    try:  # a node handed back (parked) or new: its site starts one here
+                        await (await actor("site")).take_back.remote([where["node_id"]])
+                    except Exception:
+                        actors.pop("site", None)
             if now - context_at >= context_s[0 if busy else 1]:
                 context_at = now
                 await self._refresh_context(actor, actors, where)
