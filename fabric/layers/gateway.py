@@ -185,10 +185,8 @@ class Gateway:
             self._keep(request, body, status, tenant, wall, time.perf_counter() - started, region)
             return openai_error(status, message, None, param, code)
 
-        who = self.gate.authenticate(request.headers.get("authorization", ""))
-        behalf = request.headers.get("x-fabric-on-behalf-of")
-        if behalf and not isinstance(who, Refusal):  # the engines check it again
-            who = self.gate.on_behalf_of(who, behalf)
+        who = self.gate.identify(request.headers.get("authorization", ""),  # engines check again
+                                 request.headers.get("x-fabric-on-behalf-of", ""))
         if isinstance(who, Refusal):
             return refuse(who.status, who.message, None, who.code)
         raw = await read_limited(request.stream(), self.max_body,

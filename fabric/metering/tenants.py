@@ -120,6 +120,14 @@ class Gatekeeper:
         tenant = next((t for t in self.tenants.values() if t.name == name), None)
         return tenant or Refusal(403, f"unknown tenant {name!r}", "permission_denied")
 
+    def identify(self, authorization: str, behalf: str = "") -> TenantLimits | Refusal:
+        """Who a request is for: its key's tenant, or the tenant the fabric's own key names in
+        ``x-fabric-on-behalf-of``. The one identity check of the engine and the gateways."""
+        tenant = self.authenticate(authorization)
+        if behalf and not isinstance(tenant, Refusal):
+            tenant = self.on_behalf_of(tenant, behalf)
+        return tenant
+
     def _window(self, tenant: str) -> _Window:
         now = self.clock()
         w = self._windows.setdefault(tenant, _Window())

@@ -29,6 +29,17 @@ def test_authentication():
     assert "k1" not in repr(g.tenants)  # keys are held as hashes only
 
 
+def test_identity_on_behalf_of_a_tenant_is_the_fabrics_key_alone():
+    g = gate()
+    assert g.identify("Bearer k1").name == "demo"
+    assert g.identify("Bearer internal", "trial").name == "trial"
+    refused = g.identify("Bearer k1", "trial")
+    assert refused.status == 403 and "reserved" in refused.message
+    assert g.identify("Bearer internal", "nobody").status == 403
+    assert g.identify("Bearer nope", "trial").status == 401  # the key is checked first
+    assert from_spec([], None, 1.0).identify("", "trial").name == "default"
+
+
 def test_requests_per_minute_with_retry_after():
     now = [1000.0]
     g = gate(now=now)

@@ -108,10 +108,8 @@ class FabricMiddleware:
             return self._record_refusal(scope, {}, 413, "", wall, started)
         request, invalid = parse_object(body)
         # refused requests are recorded too, with their status and no tokens
-        tenant = self.gate.authenticate(header(scope, b"authorization"))
         behalf = header(scope, b"x-fabric-on-behalf-of")
-        if behalf and not isinstance(tenant, Refusal):
-            tenant = self.gate.on_behalf_of(tenant, behalf)
+        tenant = self.gate.identify(header(scope, b"authorization"), behalf)
         if isinstance(tenant, Refusal):
             await self._refuse(send, tenant.status, tenant.message, tenant.code, None)
             return self._record_refusal(scope, request, tenant.status, "", wall, started)
