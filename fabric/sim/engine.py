@@ -29,9 +29,13 @@ Time advances in scheduler ticks of ``tick_s``. Each tick, as the live scheduler
    router's second rank does, to the other weighted sites in proportion to their free queue
    (``overflow_rounds`` times), and what still finds no room is dropped. Every request ends
    served at exactly one site or dropped, once.
-4. **Latency.** TTFT = wait + prompt / (one replica's prefill rate × speed); latency = TTFT +
-   output tokens × decode step / speed. The decode step is that of a full batch (a
-   conservative time per token). A request meets the SLO if served with TTFT ≤ ``slo_ttft_s``
+4. **Latency.** TTFT = wait + (fixed time + prompt / one replica's prefill rate + ride) / speed,
+   where ride is what a first token waits for on a busy engine: the rest of the step under
+   way (half of one, on average) and the step its prefill joins, which also decodes the
+   running batch: 1.5 steps at the engine's batch (linear between the profile's one-sequence
+   and full-batch steps), times the chance the engine is busy (1 − e^−b, b requests per
+   engine at the last tick). Latency = TTFT + output tokens × decode step / speed. The
+   decode step is that of a full batch (a conservative time per token). A request meets the SLO if served with TTFT ≤ ``slo_ttft_s``
    (and latency ≤ ``slo_latency_s`` when set).
 5. **Power.** Work done this tick sets the utilisation u = done / tick (≤ speed); IT power =
    idle W of every GPU + (TDP − idle) of the serving GPUs × u (the formula of
@@ -344,6 +348,7 @@ class _State:
         self.tokens_per_s = zeros()
         self.facility_w = fleet.idle_w * fleet.pue
         self.inflight = zeros(np.int64)
+        self.running = zeros()                  # requests in batch slots at the last tick
         self.admitted = zeros()                 # requests and their work, for the mean request
         self.admitted_work = zeros()
         self.credit = zeros()
@@ -427,6 +432,13 @@ class _State:
         prefill = f.ttft_fixed_s + self.mean_prompt / f.replica_prefill_tok_s
         return prefill + self.mean_output * f.step_s, prefill, 1.0 / np.maximum(work, 1e-9)
 
+    def ride(self) -> np.ndarray:
+        """What a first token waits for on a busy engine, at full speed (see Latency above)."""
+        f = self.f
+        b = np.divide(self.running, self.on, out=np.zeros(self.n), where=self.on > 0)
+        step = f.step1_s + (f.step_s - f.step1_s) * np.clip((b - 1) / max(f.batch - 1, 1), 0, 1)
+        return (1.0 - np.exp(-b)) * 1.5 * step
+
     @property
     def serving(self) -> np.ndarray:
         return self.on > 0
@@ -493,7 +505,8 @@ class _State:
             s = final[ok]
             routed = origin >= 0
             self.unroutable += int((~routed).sum())
-            ttft = wait[ok] + (f.ttft_fixed_s[s] + prefill[ok] / f.replica_prefill_tok_s[s]) / speed[s]
+            ttft = wait[ok] + (f.ttft_fixed_s[s] + prefill[ok] / f.replica_prefill_tok_s[s]
+                               + self.ride()[s]) / speed[s]
             latency = ttft + batch.output[ok] * f.step_s[s] / speed[s]
             met = ttft <= cfg.slo_ttft_s
             if cfg.slo_latency_s is not None:
@@ -545,6 +558,7 @@ class _State:
         running = np.minimum(self.on * f.batch, np.divide(
             self.util / mean_work * service, speed, out=np.zeros(self.n), where=speed > 0))
         self.inflight = np.rint(running + self.queue / mean_work).astype(np.int64)
+        self.running = running
         self.figures = {"served": served_now, "dropped": dropped_now, "output_tokens": out_tokens_now,
                         "energy_j": energy_j, "cost_usd": cost_now, "carbon_g": carbon_now,
                         "ttft_site": ttft_site, "ttft": ttft, "budget_w": self.budget,

@@ -36,6 +36,7 @@ class Fleet:
     decode_tok_s: np.ndarray      # output tokens/s of the whole site at full batches
     replica_prefill_tok_s: np.ndarray  # one replica of the primary pool: sets a request's TTFT
     step_s: np.ndarray            # one decode step of that replica: a request's time per token
+    step1_s: np.ndarray           # its decode step with one sequence running
     ttft_fixed_s: np.ndarray      # that replica's time to first token beyond the prefill
     idle_w: np.ndarray            # all GPUs idle (IT)
     dynamic_w: np.ndarray         # serving GPUs at full load minus idle (IT)
@@ -61,6 +62,7 @@ class SiteServing:
     decode_tok_s: float = 0.0           # the whole site, full batches
     replica_prefill_tok_s: float = 1.0  # one replica of the primary pool
     step_s: float = 1.0                 # one decode step of that replica
+    step1_s: float = 1.0                # its decode step with one sequence running
     ttft_fixed_s: float = 0.0           # its time to first token beyond the prefill
     idle_w: float = 0.0                 # every GPU idle (IT)
     dynamic_w: float = 0.0              # serving GPUs at full load minus idle (IT)
@@ -94,6 +96,7 @@ def site_serving(site, hosts: bool, params_b: float, batch: int,
         replicas=int(replicas), prefill_tok_s=prefill, decode_tok_s=decode,
         replica_prefill_tok_s=primary[1].prefill_tok_s if primary else 1.0,
         step_s=primary[1].step_s if primary else 1.0,
+        step1_s=(primary[1].step1_s or primary[1].step_s) if primary else 1.0,
         ttft_fixed_s=primary[1].ttft_fixed_s if primary else 0.0, idle_w=idle, dynamic_w=dynamic,
         gpu_type=primary[0] if primary else site.node_pools[0].gpu_type)
 
@@ -118,6 +121,7 @@ def build_fleet(spec: FabricSpec, params_b: float | None = None,
         replicas=arr("replicas").astype(np.int64), batch=batch,
         prefill_tok_s=arr("prefill_tok_s"), decode_tok_s=arr("decode_tok_s"),
         replica_prefill_tok_s=arr("replica_prefill_tok_s"), step_s=arr("step_s"),
+        step1_s=arr("step1_s"),
         ttft_fixed_s=arr("ttft_fixed_s"),
         idle_w=arr("idle_w"), dynamic_w=arr("dynamic_w"),
         pue=np.asarray([s.pue for _, s in spec.sites]),

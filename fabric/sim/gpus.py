@@ -53,7 +53,10 @@ class ServingProfile(BaseModel):
     step_s: float = Field(gt=0, description="one decode step of a full batch (time per output token)")
     batch: int = Field(64, ge=1)
     ttft_fixed_s: float = Field(0.0, ge=0, description="a request's time to first token beyond "
-                                "its prefill: the request path, tokenisation, one engine step")
+                                "its prefill on an idle engine: the request path, tokenisation")
+    step1_s: float | None = Field(None, gt=0, description="one decode step of a single sequence "
+                                  "(default: step_s; decode on a GPU is bound by weight reads, "
+                                  "so a step costs about the same at any batch)")
 
     @property
     def decode_tok_s(self) -> float:

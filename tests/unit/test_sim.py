@@ -1,6 +1,7 @@
 """The simulator: conservation, determinism, hand-worked scenarios, loaders, plots (pure: no Ray)."""
 
 import json
+import math
 from io import StringIO
 from pathlib import Path
 
@@ -21,6 +22,7 @@ MOONCAKE = ROOT / "fabric" / "data" / "traces" / "mooncake_conversation_head2000
 # A round-number GPU for hand calculations: one replica per GPU, 10,000 prompt tok/s,
 # 10 ms per decode step of a 10-sequence batch (1,000 output tok/s per replica).
 PROFILE = {"TEST": ServingProfile(tp=1, prefill_tok_s=10_000, step_s=0.01, batch=10)}
+RIDE_TTFT = 0.1 + (1 - math.exp(-2.75)) * 1.5 * 0.01  # the steady trace's TTFT (worked below)
 
 
 def two_sites(cheap=None, dear=None, nodes=1, budget_mw=1.0):
@@ -61,8 +63,11 @@ def test_cheapest_energy_by_hand(steady):
     assert r.duration_s == 10.0
     # 4 replicas: 40,000 prompt tok/s and 4,000 output tok/s per site, so each request is
     # 0.025 + 0.025 = 0.05 site-seconds of work; 10 a second never queue.
-    assert r.ttft_p50_s == pytest.approx(0.1, rel=0.03)      # 1,000 / 10,000 tok/s
-    assert r.latency_p50_s == pytest.approx(1.1, rel=0.03)   # + 100 × 10 ms
+    # TTFT: 1,000 / 10,000 tok/s of prefill, plus the ride on a busy engine: each request
+    # holds a slot 0.1 + 100 × 10 ms = 1.1 s, so 11 run per site, 2.75 per engine; busy with
+    # chance 1 - e^-2.75, a first token waits 1.5 steps of 10 ms (this profile's step is flat)
+    assert r.ttft_p50_s == pytest.approx(RIDE_TTFT, rel=0.03)
+    assert r.latency_p50_s == pytest.approx(RIDE_TTFT + 1.0, rel=0.03)   # + 100 × 10 ms
     # IT energy = idle 4 × 100 W × 10 s + dynamic 4 × 400 W × 5 site-seconds of work.
     cheap_j = (4 * 100 * 10 + 4 * 400 * 100 * 0.05) * 1.5
     dear_j = 4 * 100 * 10 * 1.2
@@ -315,12 +320,26 @@ def test_public_csv_traces_are_read_as_published(tmp_path):
         list(open_trace(bad).batches())
 
 
+def test_a_first_token_rides_the_step_of_a_busy_engine(tmp_path, steady):
+    # one request alone meets an idle engine: prefill only
+    _, alone = run(two_sites(), CsvTrace(write_csv(tmp_path / "one.csv", [(0.0, 1000, 100)])),
+                   policy="cheapest_energy")
+    assert alone.ttft_p50_s == pytest.approx(0.1, rel=0.03)
+    # a step that is cheap with one sequence and dear with a full batch: 2.75 per engine ride
+    # on a step of 2 + 8 × 1.75 / 9 ms, not the full batch's 10 ms
+    light = {"TEST": PROFILE["TEST"].model_copy(update={"step1_s": 0.002})}
+    _, r = run(two_sites(), steady, policy="cheapest_energy", profiles=light)
+    step = 0.002 + 0.008 * 1.75 / 9
+    assert r.ttft_p50_s == pytest.approx(0.1 + (1 - math.exp(-2.75)) * 1.5 * step, rel=0.03)
+    assert r.ttft_p50_s < RIDE_TTFT
+
+
 def test_a_fixed_time_to_first_token_and_the_signals_the_policy_sees(steady):
     # the profile's fixed time to a first token (the request path, one engine step) adds to
-    # every TTFT: 0.1 s of prefill (as by hand above) + 0.05 s
+    # every TTFT: the TTFT by hand above + 0.05 s
     fixed = {"TEST": PROFILE["TEST"].model_copy(update={"ttft_fixed_s": 0.05})}
     _, r = run(two_sites(), steady, policy="fabric", profiles=fixed)
-    assert r.ttft_p50_s == pytest.approx(0.15, rel=0.03)
+    assert r.ttft_p50_s == pytest.approx(RIDE_TTFT + 0.05, rel=0.03)
     assert [s.served for s in r.per_site] == [100, 0]   # the merit order: "cheap" first
     # the policy ranks on the signals it is given (e.g. the live scheduler's figures)
     _, r = run(two_sites(), steady, policy="fabric", signals={"cheap": {"j_per_token": 100.0}})
