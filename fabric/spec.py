@@ -359,14 +359,19 @@ def _resolve_series(spec: FabricSpec, base: Path, source: str) -> None:
                 ref.file = str(path)
 
 
-def load_spec(path: str | Path) -> FabricSpec:
-    path = Path(path)
+def read_yaml(path: Path, what: str = "spec file") -> object:
+    """A spec file's YAML, or a SpecError naming the file and what is wrong with it."""
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_spec(path: str | Path) -> FabricSpec:
+    path = Path(path)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a fabric spec must be a YAML mapping at the top level")
     spec = parse_spec(data, str(path))

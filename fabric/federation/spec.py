@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fabric.spec import SchedulerSpec, SpecError, _check_name, _field_path, _Strict
+from fabric.spec import SchedulerSpec, SpecError, _check_name, _field_path, _Strict, read_yaml
 
 
 class MemberSpec(_Strict):
@@ -100,10 +99,4 @@ def parse_federation(data: object, source: str = "<federation>") -> FederationSp
 
 def load_federation(path: str | Path) -> FederationSpec:
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: federation spec not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_federation(data, str(path))
+    return parse_federation(read_yaml(path, "federation spec"), str(path))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import httpx
 from fastapi import FastAPI, Request
@@ -35,7 +34,7 @@ from starlette.background import BackgroundTask
 from fabric.layers.batch_api import BatchAPI
 from fabric.layers.body import parse_object, read_limited, too_large
 from fabric.layers.errors import openai_error
-from fabric.metering.records import UsageRecord
+from fabric.metering.records import request_record
 from fabric.metering.tenants import Refusal
 from fabric.metering.tenants import from_spec as tenant_gate
 from fabric.routing.pick import HINT_HEADERS
@@ -228,15 +227,11 @@ class Gateway:
               latency_s: float, region: str | None) -> None:
         """A usage record (no tokens) for a request refused here; the engines record the rest."""
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-        own = request.headers.get("x-fabric-request-id") if request.headers.get(
-            "x-fabric-on-behalf-of") and tenant else None  # set only by the fabric's services
-        record = UsageRecord(
-            request_id=own or f"fabric-{uuid.uuid4().hex}", ts=wall, tenant=tenant,
-            agent_id=request.headers.get("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
-            session_id=request.headers.get("x-session-id") or str(metadata.get("fabric_session", "")),
-            model=str(body.get("model", "")), tier=str(metadata.get("fabric_tier", "")),
-            region=region or "", endpoint=request.url.path, status=status,
-            latency_s=round(latency_s, 6), power_source="").model_dump()
+        record = request_record(
+            lambda name: request.headers.get(name, ""), body, ts=wall, tenant=tenant,
+            status=status, endpoint=request.url.path,
+            tier=str(metadata.get("fabric_tier", "")), region=region or "",
+            latency_s=round(latency_s, 6), power_source="")
         self.records.append(record)
         try:
             if region not in self.metrics:

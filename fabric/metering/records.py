@@ -15,6 +15,9 @@ the site's grid values at that time.
 
 from __future__ import annotations
 
+import uuid
+from typing import Callable
+
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
@@ -63,6 +66,25 @@ class UsageRecord(BaseModel):
     counterfactual_site: str | None = None
     counterfactual_energy_cost_usd: float | None = None
     counterfactual_carbon_g: float | None = None
+
+
+def request_record(header: Callable[[str], str], body: dict, *, ts: float, tenant: str,
+                   status: int, endpoint: str, request_id: str = "", **measured) -> dict:
+    """One request's usage record as the fabric's edges (the engine's middleware, the gateway)
+    write it: who sent it and for what, from its headers and body, the same way at every edge;
+    ``measured`` holds what the edge saw (tokens, latency, where it ran, energy). A refusal is a
+    record with its status and no tokens. The id: the one the edge was given (the fabric's own
+    services name their requests: ``x-fabric-request-id``, honoured only on behalf of a tenant),
+    else a fresh one; a client's ``x-request-id`` may repeat, so it is never the record's id."""
+    body = body if isinstance(body, dict) else {}
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    own = header("x-fabric-request-id") if tenant and header("x-fabric-on-behalf-of") else ""
+    return UsageRecord(
+        request_id=request_id or own or f"fabric-{uuid.uuid4().hex}", ts=ts, tenant=tenant,
+        agent_id=header("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
+        session_id=header("x-session-id") or str(metadata.get("fabric_session", "")),
+        model=str(body.get("model", "")), endpoint=endpoint, status=status, **measured,
+    ).model_dump()
 
 
 def attribute(power_w: float, latency_s: float, concurrency: float, pue: float,

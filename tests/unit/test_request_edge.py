@@ -110,3 +110,22 @@ def test_the_engine_middleware_writes_one_full_record_per_request_refused_or_ser
 
     status, _, records = run_middleware(b'{"model": "m"}', [(b"x-fabric-privacy", b"edge")])
     assert status == 400 and records[0]["status"] == 400  # a hint header on the engine endpoint
+
+
+def test_every_edge_writes_who_and_what_from_the_same_rule():
+    from fabric.metering.records import request_record
+
+    def headers(**h):
+        return lambda name: h.get(name.replace("-", "_"), "")
+
+    body = {"model": "m", "metadata": {"fabric_agent": "meta-agent", "fabric_session": "s1"}}
+    r = request_record(headers(x_fabric_agent="hdr-agent", x_request_id="client-1"), body,
+                       ts=1.0, tenant="acme", status=429, endpoint="/v1/chat/completions")
+    assert (r["agent_id"], r["session_id"], r["model"], r["status"]) == ("hdr-agent", "s1", "m", 429)
+    assert r["request_id"].startswith("fabric-") and r["completion_tokens"] == 0  # never the client's id
+    named = headers(x_fabric_request_id="batch-7", x_fabric_on_behalf_of="acme")
+    assert request_record(named, {}, ts=1.0, tenant="acme", status=200, endpoint="/")["request_id"] == "batch-7"
+    # a name is honoured only on behalf of an identified tenant, and an edge's own id comes first
+    assert request_record(named, {}, ts=1.0, tenant="", status=401, endpoint="/")["request_id"] != "batch-7"
+    assert request_record(named, [], ts=1.0, tenant="acme", status=200, endpoint="/",
+                          request_id="engine-9", prompt_tokens=3)["request_id"] == "engine-9"

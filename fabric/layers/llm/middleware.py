@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass
 
 from starlette.requests import Request
@@ -20,7 +19,7 @@ from fabric.layers.body import (buffer_body, header, parse_object, replaying, to
 from fabric.layers.errors import error_body
 from fabric.layers.llm.guard import hint_headers_in, refusal
 from fabric.layers.llm.tap import LoadMeter, TokenTap
-from fabric.metering.records import UsageRecord, attribute, billed_usd
+from fabric.metering.records import attribute, billed_usd, request_record
 from fabric.metering.tenants import Gatekeeper, Refusal
 from fabric.routing.pick import Placement
 
@@ -175,17 +174,13 @@ class FabricMiddleware:
         c = self.ctx
         now = time.perf_counter()
         latency = now - started
-        metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
         energy, carbon, cost = attribute(c.power_w, latency, concurrency, c.pue,
                                          c.carbon_g_per_kwh, c.price_usd_per_mwh)
         prompt, completion = tap.prompt_tokens(), tap.completion_tokens()
-        return UsageRecord(
-            request_id=request_id or f"fabric-{uuid.uuid4().hex}", ts=wall, tenant=tenant,
-            agent_id=header(scope, b"x-fabric-agent") or str(metadata.get("fabric_agent", "")),
-            session_id=header(scope, b"x-session-id") or str(metadata.get("fabric_session", "")),
-            model=str(request.get("model", "")), tier=c.tier,
-            region=c.where["region"], site=c.where["site"], node=c.where["node_id"],
-            endpoint=scope.get("path", ""), status=tap.status,
+        return request_record(
+            lambda name: header(scope, name.encode()), request, ts=wall, tenant=tenant,
+            status=tap.status, endpoint=scope.get("path", ""), request_id=request_id,
+            tier=c.tier, region=c.where["region"], site=c.where["site"], node=c.where["node_id"],
             prompt_tokens=prompt, completion_tokens=completion,
             cached_tokens=tap.cached_tokens(),
             ttft_s=round((tap.first_token_at or now) - started, 6),
@@ -195,7 +190,7 @@ class FabricMiddleware:
             if tap.status == 200 else 0.0,
             power_source=c.power_source,
             **counterfactual(c, energy),
-        ).model_dump()
+        )
 
 
 def counterfactual(c: ReplicaContext, energy_j: float) -> dict:
