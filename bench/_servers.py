@@ -10,8 +10,10 @@ settings (fabric.layers.llm.server.CPU_ENGINE_DEFAULTS / CPU_ENGINE_ENV, max_mod
     d  fabric   the fabric (fabric.runtime.running_fabric): routing + metering on, one engine
     e  gateway  the same fabric through a gateway (/edge/v1): the local HTTP pass that choosing
                 a model (tiers) or pinning a region costs
+    f  shaped   (c) on the fabric's cluster shape (head + site raylets, dashboard, the local
+                cluster's settings), one engine at edge-a; also bench/idle.py's baseline
 
-(b) and (c) run in a subprocess started from this file (``python bench/_servers.py ray-llm``):
+(b), (c) and (f) run in a subprocess started from this file (``python bench/_servers.py ray-llm|shaped``):
 Ray Serve reads its data-path switches when first imported, and ``import fabric`` sets them,
 so that subprocess never imports fabric and gets exactly the switches it is given.
 """
@@ -40,6 +42,7 @@ TARGETS = {
     "c": "ray.serve.llm direct+HAProxy",
     "d": "fabric (routing+metering)",
     "e": "fabric via a gateway",
+    "f": "ray.serve.llm direct+HAProxy, fabric's cluster shape",
 }
 
 # Ray Serve's data-path switches: (b) runs with all of them off, (c) with the first two on.
@@ -304,16 +307,22 @@ def vllm_server(model_path: str, engine_kwargs: dict, engine_env: dict, log_path
     return ServerProcess("vLLM OpenAI server", cmd, env, log_path, f"http://127.0.0.1:{port}/v1")
 
 
-def ray_llm_server(model_path: str, engine_kwargs: dict, engine_env: dict, log_path: Path,
-                   direct: bool, num_cpus: int = 8, extra_env: dict | None = None) -> ServerProcess:
-    """(b) / (c): ray.serve.llm's OpenAI app in a subprocess that never imports fabric."""
-    port = free_port()
+def ray_llm_env(direct: bool) -> dict:
+    """The environment of a plain ray.serve.llm child: Serve's data-path switches exactly as
+    given (direct streaming + HAProxy on for ``direct``, all off otherwise)."""
     env = _base_env({})
     flag = "1" if direct else "0"
     env.update({"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": flag, "RAY_SERVE_ENABLE_HA_PROXY": flag,
                 "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
                 "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())})
-    env.update(extra_env or {})
+    return env
+
+
+def ray_llm_server(model_path: str, engine_kwargs: dict, engine_env: dict, log_path: Path,
+                   direct: bool, num_cpus: int = 8, extra_env: dict | None = None) -> ServerProcess:
+    """(b) / (c): ray.serve.llm's OpenAI app in a subprocess that never imports fabric."""
+    port = free_port()
+    env = {**ray_llm_env(direct), **(extra_env or {})}
     spec = {"port": port, "model": model_path, "engine_kwargs": engine_kwargs,
             "engine_env": engine_env, "num_cpus": num_cpus}
     cmd = [sys.executable, str(Path(__file__).resolve()), "ray-llm", json.dumps(spec)]
@@ -373,6 +382,111 @@ def shut_down_serve_and_ray() -> None:
         ray.shutdown()
 
 
+def shaped_plan(spec, sources: dict[str, str]) -> dict:
+    """A plain ray.serve.llm baseline on the fabric's cluster shape (a head and one raylet per
+    site of the spec, the dashboard, Serve with HAProxy and direct streaming, the local
+    cluster's Ray and Serve settings) serving the spec's models at their sites with no fabric
+    code: everything the child needs, as plain data computed from the spec."""
+    from fabric.cluster import LOCAL_IP, QUIET_ENV, QUIET_HEAD_ARGS, free_port, site_node_args
+    from fabric.layers.distribution import model_prefix
+    from fabric.layers.llm.server import CPU_ENGINE_ENV, llm_config_fields
+    from fabric.spec import ROLE_LABEL
+
+    apps = []
+    for m in spec.models:
+        fields = llm_config_fields(spec, m, sources[m.id])
+        fields.pop("server_cls")  # plain LLMServer
+        fields["runtime_env"] = {"env_vars": dict(CPU_ENGINE_ENV)}
+        fields["deployment_config"].pop("request_router_config")  # Serve's default router
+        apps.append({"name": f"plain-{m.id}", "route_prefix": model_prefix(spec, m).rstrip("/"),
+                     "config": fields})
+    return {
+        "head": {"gcs_server_port": free_port(), "num_cpus": 4, "labels": {ROLE_LABEL: "head"},
+                 "include_dashboard": True, "object_store_memory": 256 * 2**20,
+                 "node_ip_address": LOCAL_IP,  # the fabric's local-cluster settings, no more
+                 **QUIET_HEAD_ARGS},
+        "env": dict(QUIET_ENV),
+        "nodes": [site_node_args(region, site) for region in spec.regions for site in region.sites],
+        "port": free_port(), "apps": apps,
+    }
+
+
+def shaped_cmd(plan: dict) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "shaped", json.dumps(plan)]
+
+
+def _serve_shaped(plan: dict) -> None:
+    """Child side of shaped_plan: the cluster and the plain apps, until SIGTERM."""
+    assert "fabric" not in sys.modules, "the baseline must not import fabric"
+    def stop(*_):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.update(plan["env"])  # the same Ray and Serve settings as the fabric's cluster
+    seam = load_seam()
+    seam.loopback_only()  # as the fabric's local cluster: loopback only
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    cluster = Cluster(initialize_head=True, head_node_args=plan["head"])
+    try:
+        for node in plan["nodes"]:
+            cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR",
+                 _node_ip_address=plan["head"]["node_ip_address"])
+        serve.start(http_options={"host": "127.0.0.1", "port": plan["port"]},
+                    proxy_location="HeadOnly")
+        for app in plan["apps"]:
+            serve.run(build_openai_app({"llm_configs": [LLMConfig(**app["config"])]}),
+                      name=app["name"], route_prefix=app["route_prefix"] or "/", blocking=False)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = serve.status().applications
+            if all(status.get(a["name"]) and status[a["name"]].status == "RUNNING"
+                   for a in plan["apps"]):
+                break
+            time.sleep(2)
+        else:
+            raise SystemExit("baseline apps did not reach RUNNING in 600 s")
+        ready_until_stopped()
+    finally:
+        shut_down_serve_and_ray()
+        address = cluster.address
+        cluster.shutdown()
+        with contextlib.suppress(OSError):  # no stale pointer to this cluster left behind
+            if Path(seam.ray_address_file()).read_text().strip() == address:
+                os.remove(seam.ray_address_file())
+
+
+def one_engine_spec(spec_path: Path = LOCAL_SPEC):
+    """The spec restricted to its first model at ONE hosting site (edge-a), one replica: one
+    engine, like the other targets; everything else of the spec as it is."""
+    from fabric.spec import load_spec
+
+    spec = load_spec(spec_path).model_copy(deep=True)
+    spec.models = spec.models[:1]  # one model: its app is /v1 itself, no gateway
+    spec.models[0].hosting = ["edge-a"]
+    spec.models[0].max_replicas = 1
+    return spec
+
+
+def shaped_server(model_path: str, log_path: Path, spec_path: Path = LOCAL_SPEC) -> ServerProcess:
+    """(f) (c) on the fabric's cluster shape: the same raylets, dashboard and Ray/Serve
+    settings as (d), the same one engine at edge-a, deployed by plain ray.serve.llm. d/f is
+    what the fabric's own code costs; d/c adds what its multi-node local cluster costs."""
+    from fabric.layers.distribution import model_prefix
+
+    spec = one_engine_spec(spec_path)
+    plan = shaped_plan(spec, {spec.models[0].id: model_path})
+    url = f"http://127.0.0.1:{plan['port']}{model_prefix(spec, spec.models[0]).rstrip('/')}/v1"
+    return ServerProcess(TARGETS["f"], shaped_cmd(plan), ray_llm_env(direct=True), log_path, url,
+                         ready_timeout_s=600, stop_grace_s=90)
+
+
 @contextlib.contextmanager
 def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = LOCAL_SPEC,
                   gateway: bool = False):
@@ -383,12 +497,8 @@ def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = 
 
     from fabric.cluster import free_port as fabric_free_port
     from fabric.runtime import quiet_output, running_fabric
-    from fabric.spec import load_spec
 
-    spec = load_spec(spec_path).model_copy(deep=True)
-    spec.models = spec.models[:1]  # one model: its app is /v1 itself, no gateway
-    spec.models[0].hosting = ["edge-a"]
-    spec.models[0].max_replicas = 1
+    spec = one_engine_spec(spec_path)
     spec.endpoint.port = fabric_free_port()
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as ledger:
         spec.metering.path = ledger
@@ -422,6 +532,8 @@ def serving(target: str, model_path: str, engine_kwargs: dict, engine_env: dict,
         server = vllm_server(model_path, engine_kwargs, engine_env, log_path, bare_omp_threads)
     elif target in ("b", "c"):
         server = ray_llm_server(model_path, engine_kwargs, engine_env, log_path, direct=target == "c")
+    elif target == "f":
+        server = shaped_server(model_path, log_path)
     else:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     try:
@@ -434,5 +546,7 @@ def serving(target: str, model_path: str, engine_kwargs: dict, engine_env: dict,
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "ray-llm":
         _serve_ray_llm(json.loads(sys.argv[2]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "shaped":
+        _serve_shaped(json.loads(sys.argv[2]))
     else:
         sys.exit("usage: _servers.py ray-llm '<json spec>' (started by bench/overhead.py)")

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -109,79 +108,6 @@ def measure(seconds: float) -> dict:
 
 # ---- baseline: plain ray.serve.llm in a subprocess that never imports fabric ---------------
 
-def baseline_plan(spec, sources: dict[str, str]) -> dict:
-    """Everything the baseline child needs, as plain data computed from the spec."""
-    from fabric.cluster import LOCAL_IP, QUIET_ENV, QUIET_HEAD_ARGS, free_port, site_node_args
-    from fabric.layers.distribution import model_prefix
-    from fabric.layers.llm.server import CPU_ENGINE_ENV, llm_config_fields
-    from fabric.spec import ROLE_LABEL
-
-    apps = []
-    for m in spec.models:
-        fields = llm_config_fields(spec, m, sources[m.id])
-        fields.pop("server_cls")  # plain LLMServer
-        fields["runtime_env"] = {"env_vars": dict(CPU_ENGINE_ENV)}
-        fields["deployment_config"].pop("request_router_config")  # Serve's default router
-        apps.append({"name": f"plain-{m.id}", "route_prefix": model_prefix(spec, m).rstrip("/"),
-                     "config": fields})
-    return {
-        "head": {"gcs_server_port": free_port(), "num_cpus": 4, "labels": {ROLE_LABEL: "head"},
-                 "include_dashboard": True, "object_store_memory": 256 * 2**20,
-                 "node_ip_address": LOCAL_IP,  # the fabric's local-cluster settings, no more
-                 **QUIET_HEAD_ARGS},
-        "env": dict(QUIET_ENV),
-        "nodes": [site_node_args(region, site) for region in spec.regions for site in region.sites],
-        "port": free_port(), "apps": apps,
-    }
-
-
-def _serve_baseline(plan: dict) -> None:
-    """Child: the cluster and the plain apps, until SIGTERM."""
-    assert "fabric" not in sys.modules, "the baseline must not import fabric"
-    def stop(*_):
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ.update(plan["env"])  # the same Ray and Serve settings as the fabric's cluster
-    seam = _servers.load_seam()
-    seam.loopback_only()  # as the fabric's local cluster: loopback only
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-    from ray.serve.llm import LLMConfig, build_openai_app
-
-    cluster = Cluster(initialize_head=True, head_node_args=plan["head"])
-    try:
-        for node in plan["nodes"]:
-            cluster.add_node(**node)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR",
-                 _node_ip_address=plan["head"]["node_ip_address"])
-        serve.start(http_options={"host": "127.0.0.1", "port": plan["port"]},
-                    proxy_location="HeadOnly")
-        for app in plan["apps"]:
-            serve.run(build_openai_app({"llm_configs": [LLMConfig(**app["config"])]}),
-                      name=app["name"], route_prefix=app["route_prefix"] or "/", blocking=False)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            status = serve.status().applications
-            if all(status.get(a["name"]) and status[a["name"]].status == "RUNNING"
-                   for a in plan["apps"]):
-                break
-            time.sleep(2)
-        else:
-            raise SystemExit("baseline apps did not reach RUNNING in 600 s")
-        _servers.ready_until_stopped()
-    finally:
-        _servers.shut_down_serve_and_ray()
-        address = cluster.address
-        cluster.shutdown()
-        with contextlib.suppress(OSError):  # no stale pointer to this cluster left behind
-            if Path(seam.ray_address_file()).read_text().strip() == address:
-                os.remove(seam.ray_address_file())
-
-
 def warm(urls: list[tuple[str, str]], requests: int, api_key: str = "none") -> None:
     import httpx
 
@@ -194,8 +120,8 @@ def warm(urls: list[tuple[str, str]], requests: int, api_key: str = "none") -> N
 
 
 def run_baseline(spec, sources: dict[str, str], args, log: Path) -> dict:
-    plan = baseline_plan(spec, sources)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "baseline", json.dumps(plan)]
+    plan = _servers.shaped_plan(spec, sources)
+    cmd = _servers.shaped_cmd(plan)
     server = _servers.ServerProcess("plain ray.serve.llm (same cluster shape)", cmd, dict(os.environ),
                                     log, f"http://127.0.0.1:{plan['port']}", stop_grace_s=90)
     try:
@@ -300,7 +226,4 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "baseline":
-        _serve_baseline(json.loads(sys.argv[2]))
-    else:
-        main()
+    main()

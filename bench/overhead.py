@@ -1,7 +1,7 @@
 """bench/overhead: what the fabric's data path costs against the engine served bare.
 
 The same engine (the offline tiny model; enforce_eager, bfloat16, max_num_seqs 64,
-max_model_len 2048, VLLM_CPU_KVCACHE_SPACE=1 — the fabric's CPU settings) served four ways:
+max_model_len 2048, VLLM_CPU_KVCACHE_SPACE=1 — the fabric's CPU settings) served several ways:
 
     a  vLLM's own OpenAI server (python -m vllm.entrypoints.openai.api_server)
     b  ray.serve.llm's OpenAI app, default mode (Serve proxy -> ingress -> LLMServer)
@@ -10,8 +10,11 @@ max_model_len 2048, VLLM_CPU_KVCACHE_SPACE=1 — the fabric's CPU settings) serv
        metering on, restricted to ONE hosting site (model.hosting = [edge-a], max_replicas 1)
        so that it runs one engine like the others; everything else of the fabric (4 raylets,
        power/site/GPU actors, scheduler, ledger, regional endpoints) runs as usual.
+    f  (c) on d's cluster shape: the same head and site raylets, dashboard and Ray/Serve
+       settings, the same one engine at edge-a, deployed by plain ray.serve.llm. d/f is what
+       the fabric's own code costs; d/c adds what its multi-node local cluster costs.
 
-(b) and (c) run in subprocesses that never import fabric (``import fabric`` switches Ray
+(b), (c) and (f) run in subprocesses that never import fabric (``import fabric`` switches Ray
 Serve's data path on at import). Each server is warmed up, then driven by a closed-loop
 aiohttp client at concurrency 1, 16 and 64, streaming and not, with unique ~128-token chat
 prompts and max_tokens 64 with ignore_eos (every request generates exactly 64 tokens).
@@ -20,7 +23,7 @@ delta), latency p50/p99; for the lowest and highest concurrency streaming levels
 each process group used (cores, and CPU ms per request): on a small box throughput is
 CPU-bound, so this is where the time goes.
 
-Same engine means same threads too: Ray starts the engines of b, c and d with
+Same engine means same threads too: Ray starts the engines of b, c, d and f with
 OMP_NUM_THREADS=1 (one-CPU placement bundle), so (a) gets OMP_NUM_THREADS=1 as well
 (``--bare-omp-threads 0`` gives it vLLM's default, one thread per core). On a shared machine
 every target first waits until no test run or other Ray cluster is running, and a level during
@@ -520,7 +523,7 @@ def report(results: dict, args) -> dict:
             say(f"{t + ' ' + r['name']:<32} FAILED: {r['error'].splitlines()[0]}")
 
     ratios: dict = {}
-    for top, base in (("d", "a"), ("d", "b"), ("d", "c"), ("e", "d")):
+    for top, base in (("d", "a"), ("d", "b"), ("d", "c"), ("d", "f"), ("e", "d")):
         if "levels" not in results.get(top, {}) or "levels" not in results.get(base, {}):
             continue
         rows = []
@@ -556,7 +559,7 @@ def report(results: dict, args) -> dict:
                     f"{_fmt(l['ttft_p50_ms']):>8} {_fmt(l['ttft_p99_ms']):>8} "
                     f"{_fmt(l['latency_p50_ms']):>8} {_fmt(l['latency_p99_ms']):>8} "
                     f"{l['ok']:>4}/{l['requests']:<4}")
-        for top, base in (("d", "a"), ("d", "c")):
+        for top, base in (("d", "a"), ("d", "c"), ("d", "f")):
             if top not in open_rows or base not in open_rows:
                 continue
             rows = []
@@ -596,6 +599,13 @@ def report(results: dict, args) -> dict:
                   "\n  the engine's processes busy-poll both cores), so the TTFT comparison is not "
                   "reliable in this run")
 
+    lean = lean_goals(results, ratios, args)
+    if lean:
+        say("\ntargets of the lean fabric (d against c, and against f: c on d's cluster shape)")
+        for k, g in lean.items():
+            say(f"  {k:<44} {g['value']!s:>8}  {'MET' if g['met'] else 'NOT MET'}")
+        goals.update(lean)
+
     for c in sorted({min(args.concurrency), max(args.concurrency)}, reverse=True):
         cpu_targets = {t: r["cpu"][str(c)] for t, r in results.items() if str(c) in r.get("cpu", {})}
         if not cpu_targets:
@@ -607,7 +617,7 @@ def report(results: dict, args) -> dict:
             say(f"  {t} {results[t]['name']}: {cpu['total_cores']:.2f} cores over {cpu['wall_s']:.1f} s")
             for g in cpu["groups"][:12]:
                 say(f"      {g['group']:<52} {g['cores']:>6.2f} cores {g['cpu_ms_per_request']:>8.2f} ms/req")
-        for base in ("a", "c"):
+        for base in ("a", "c", "f"):
             if "d" in cpu_targets and base in cpu_targets:
                 say(f"  d − {base} at c={c}: CPU ms per request by role"
                     + _role_diff(cpu_targets["d"], cpu_targets[base]))
@@ -621,6 +631,38 @@ def report(results: dict, args) -> dict:
             for f in [f for f in p.get("inclusive", []) if not _trivial(f["frame"])][:6]:
                 say(f"    incl {f['share']:>6.1%}  {f['frame'][:110]}")
     return {"ratios": ratios, "goals": goals}
+
+
+def fabric_cpu_ms(d: dict, base: dict) -> float:
+    """The fabric's own CPU per request over a baseline: every role but the engine's core and
+    worker (they busy-poll, soaking up whatever the others leave) and the load generator."""
+    skip = ("engine core + worker", "load generator (client)")
+    def own(cpu):
+        return sum(g["cpu_ms_per_request"] for g in cpu["groups"] if _role(g["group"]) not in skip)
+    return round(own(d) - own(base), 2)
+
+
+def lean_goals(results: dict, ratios: dict, args) -> dict:
+    """d/c (and d/f) >= 0.95 at the highest concurrency, streaming and plain; TTFT p50 d - c
+    <= 1 ms at the lowest; the fabric's own CPU over the baseline <= 1 ms per request."""
+    goals = {}
+    cmax = max(args.concurrency)
+    for base in ("c", "f"):
+        r = ratios.get(f"d/{base}")
+        if not r:
+            continue
+        at = {x["stream"]: x["throughput_ratio"] for x in r["throughput"] if x["concurrency"] == cmax}
+        for stream, mode in ((True, "stream"), (False, "plain")):
+            v = at.get(stream)
+            goals[f"d/{base}_c{cmax}_{mode}_ge_0.95"] = {"value": v, "met": bool(v and v >= 0.95)}
+        delta = r["ttft_p50_delta_ms_c1"]
+        goals[f"ttft_p50_c{min(args.concurrency)}_d-{base}_le_1ms"] = {
+            "value": delta, "met": delta is not None and delta <= 1.0}
+        cpu_d, cpu_b = (results[t].get("cpu", {}).get(str(cmax)) for t in ("d", base))
+        if cpu_d and cpu_b:
+            v = fabric_cpu_ms(cpu_d, cpu_b)
+            goals[f"fabric_cpu_over_{base}_c{cmax}_le_1ms_per_req"] = {"value": v, "met": v <= 1.0}
+    return goals
 
 
 def _role(group: str) -> str:
@@ -666,7 +708,8 @@ def _trivial(frame: str) -> bool:
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", default="a,b,c,d",
-                    help="which of a,b,c,d,e to run (default a-d; e: through a gateway)")
+                    help="which of a,b,c,d,e,f to run (default a-d; e: through a gateway; "
+                         "f: c on the fabric's cluster shape)")
     ap.add_argument("--concurrency", default="1,16,64", help="comma-separated levels")
     ap.add_argument("--requests-per-level", type=int, default=128,
                     help="requests per (concurrency, mode) level; at least 6x the concurrency")
@@ -686,7 +729,7 @@ def main() -> dict:
     add_machine_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args()
-    targets = [t for t in "abcde" if t in args.targets.split(",")]
+    targets = [t for t in "abcdef" if t in args.targets.split(",")]
     if not targets or set(args.targets.split(",")) - set(TARGETS):
         ap.error(f"--targets: choose from {','.join(TARGETS)}")
     args.concurrency = sorted({int(c) for c in args.concurrency.split(",")})

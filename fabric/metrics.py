@@ -24,7 +24,12 @@ def refusal_reason(status: int) -> str:
 
 
 class EngineMetrics:
-    """Per engine replica: tokens, requests, refusals, TTFT/latency, queue depth, energy."""
+    """Per engine replica: tokens, requests, refusals, TTFT/latency, queue depth, energy.
+
+    A request only adds to in-process sums (a dict update, no call into Ray's metrics
+    recorder); ``flush`` hands them over once per report tick: one ``inc`` per counter and tag
+    set, the last value per gauge, the tick's TTFT and latency observations. Prometheus
+    scrapes every few seconds, so nothing a scrape can see is lost or late by more than a tick."""
 
     def __init__(self, region: str, site: str, model: str):
         self.tags = {"region": region, "site": site, "model": model}
@@ -42,34 +47,59 @@ class EngineMetrics:
         self.energy_per_token = Gauge("fabric_energy_per_token_joules",
                                       "attributed energy per token of the last request", ENGINE_TAGS)
         self.carbon = Counter("fabric_carbon_grams", "attributed CO2", ENGINE_TAGS)
+        self._sums: dict[tuple, list] = {}      # (counter, tag values) -> [counter, tags, sum]
+        self._gauges: dict[int, tuple] = {}     # id(gauge) -> (gauge, value): the last one
+        self._observed: list[tuple] = []        # (histogram, value) since the last flush
+
+    def _add(self, counter, tags: dict, value: float) -> None:
+        key = (id(counter), *tags.values())
+        entry = self._sums.get(key)
+        if entry is None:
+            self._sums[key] = [counter, tags, value]
+        else:
+            entry[2] += value
 
     def queue_depth(self, inflight: int) -> None:
-        self.queue.set(inflight, tags=self.tags)
+        self._gauges[id(self.queue)] = (self.queue, inflight)
 
     def observe(self, record: dict, inflight: int | None) -> None:
         """One usage record (fabric.metering.records): served or refused. ``inflight``: the
         replica's queue depth now (None where there is no queue: a gateway's refusals)."""
         tags, status = self.tags, int(record["status"])
         tenant = {**tags, "tenant": record.get("tenant") or "-"}
-        self.requests.inc(1, tags={**tenant, "status": str(status)})
+        self._add(self.requests, {**tenant, "status": str(status)}, 1)
         if inflight is not None:
-            self.queue.set(inflight, tags=tags)
+            self.queue_depth(inflight)
         if status != 200:
-            self.refused.inc(1, tags={**tags, "reason": refusal_reason(status)})
+            self._add(self.refused, {**tags, "reason": refusal_reason(status)}, 1)
             return
         if record["completion_tokens"]:
-            self.tokens.inc(record["completion_tokens"], tags=tenant)
+            self._add(self.tokens, tenant, record["completion_tokens"])
         if record["prompt_tokens"]:
-            self.prompt_tokens.inc(record["prompt_tokens"], tags=tenant)
-        self.ttft.observe(max(0.0, record["ttft_s"]), tags=tags)
-        self.latency.observe(max(0.0, record["latency_s"]), tags=tags)
+            self._add(self.prompt_tokens, tenant, record["prompt_tokens"])
+        self._observed += [(self.ttft, max(0.0, record["ttft_s"])),
+                           (self.latency, max(0.0, record["latency_s"]))]
         if record["energy_j"] > 0:
-            self.energy.inc(record["energy_j"], tags=tags)
+            self._add(self.energy, tags, record["energy_j"])
             tokens = record["prompt_tokens"] + record["completion_tokens"]
             if tokens:
-                self.energy_per_token.set(record["energy_j"] / tokens, tags=tags)
+                self._gauges[id(self.energy_per_token)] = (self.energy_per_token,
+                                                           record["energy_j"] / tokens)
         if record["carbon_g"] > 0:
-            self.carbon.inc(record["carbon_g"], tags=tags)
+            self._add(self.carbon, tags, record["carbon_g"])
+
+    def flush(self) -> int:
+        """Hand what requests added since the last flush to Ray's recorder; returns how many
+        recorder calls that took."""
+        sums, gauges, observed = self._sums, self._gauges, self._observed
+        self._sums, self._gauges, self._observed = {}, {}, []
+        for counter, tags, total in sums.values():
+            counter.inc(total, tags=tags)
+        for gauge, value in gauges.values():
+            gauge.set(value, tags=self.tags)
+        for histogram, value in observed:
+            histogram.observe(value, tags=self.tags)
+        return len(sums) + len(gauges) + len(observed)
 
 
 class SiteMetrics:

@@ -238,6 +238,7 @@ class Gateway:
                 from fabric.metrics import EngineMetrics
                 self.metrics[region] = EngineMetrics(region=region or "-", site="-", model="-")
             self.metrics[region].observe(record, None)
+            self.metrics[region].flush()  # refusals are rare: no tick to wait for
         except Exception:  # metrics never fail or lose a request
             pass
         if self._shipper is None or self._shipper.done():

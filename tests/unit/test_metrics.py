@@ -34,3 +34,21 @@ def test_engine_metrics_take_served_and_refused_records():
     e.observe({"status": 429, "tenant": ""}, 0)
     with pytest.raises(KeyError):
         e.observe({"status": 200}, 0)  # a malformed record is an error, caught by the engine
+
+
+def test_engine_metrics_sum_requests_in_process_until_a_flush():
+    e = EngineMetrics("r", "a", "m")
+    served = {"status": 200, "tenant": "t", "completion_tokens": 3, "prompt_tokens": 4,
+              "ttft_s": 0.1, "latency_s": 0.2, "energy_j": 1.0, "carbon_g": 0.1}
+    for _ in range(50):
+        e.observe(served, 2)
+        e.queue_depth(3)
+    e.observe({"status": 429, "tenant": "t"}, 1)
+    sums = {(c.info["name"], tuple(tags.values())): v for c, tags, v in e._sums.values()}
+    assert sums[("fabric_tokens_generated", ("r", "a", "m", "t"))] == 150
+    assert sums[("fabric_requests", ("r", "a", "m", "t", "200"))] == 50
+    assert sums[("fabric_requests", ("r", "a", "m", "t", "429"))] == 1
+    assert sums[("fabric_energy_joules", ("r", "a", "m"))] == pytest.approx(50.0)
+    # 51 requests: 7 counter series + 2 gauges + 100 latency observations, not ~550 calls
+    assert e.flush() == 7 + 2 + 100
+    assert e.flush() == 0  # nothing twice

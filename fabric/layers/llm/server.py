@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from typing import Any
 
@@ -22,6 +23,8 @@ from fabric.metering.tenants import key_hash
 from fabric.routing.pick import Placement
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, SITE_LABEL, FabricSpec,
                          ModelSpec)
+
+logger = logging.getLogger("fabric.llm")
 
 # Engine settings verified for vLLM on CPU (see README): small KV cache, eager mode.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {
@@ -64,9 +67,9 @@ class FabricLLMServer(LLMServer):
                            share=1.0 / max(1, int(os.environ.get("FABRIC_REPLICAS", "1"))))
         from fabric.metrics import EngineMetrics
 
-        metrics = EngineMetrics(where["region"], where["site"], self._llm_config.model_id)
+        self._metrics = EngineMetrics(where["region"], where["site"], self._llm_config.model_id)
         add_middleware(app, FabricMiddleware, headers=headers, meter=self._meter,
-                       here=here, ctx=self._ctx, gate=gate, metrics=metrics)
+                       here=here, ctx=self._ctx, gate=gate, metrics=self._metrics)
         self._stats = EngineStats()
         self._stats.attach(self.engine)
         self._background = asyncio.get_running_loop().create_task(self._report(where))
@@ -79,7 +82,8 @@ class FabricLLMServer(LLMServer):
         rest (a heartbeat: the monitor counts an engine that stops reporting as gone). Refresh
         the site's grid price and carbon and the routing table's policy, version and
         counterfactual for the usage records: every 2 s while it serves, 10 s at rest. Hand
-        usage records to the ledger, keeping them until it acknowledges."""
+        usage records to the ledger, keeping them until it acknowledges. Flush the requests'
+        metrics (summed in-process) every period."""
         from fabric.layers import naming
         from fabric.metering.ledger import LEDGER_NAME, hand_over
 
@@ -100,6 +104,10 @@ class FabricLLMServer(LLMServer):
         seen = -1  # requests finished when last reported
         while True:
             await asyncio.sleep(period_s)
+            try:
+                self._metrics.flush()
+            except Exception as exc:  # metrics never stop the engine's reports
+                logger.warning("metrics: %s", exc)
             m = self._meter
             now = loop.time()
             busy = m.inflight > 0 or m.requests != seen
