@@ -665,6 +665,11 @@ def lean_goals(results: dict, ratios: dict, args) -> dict:
     return goals
 
 
+# Ray's and Serve's own actor processes (one dashboard agent per raylet: the cluster's shape)
+RAY_ACTORS = {"ray::ServeController", "ray::IDLE", "ray::DashboardAgent", "ray::TelemetryAgent",
+              "ray::HAProxyManager"}
+
+
 def _role(group: str) -> str:
     """Coarse roles, comparable across targets."""
     if (group.startswith("ray::ServeReplica:") and "LLMServer" in group) or group == "vLLM API server":
@@ -675,7 +680,7 @@ def _role(group: str) -> str:
         return "other Serve replicas (ingress/router/regional)"
     if group in ("HAProxy", "ray::ProxyActor"):
         return "HTTP proxy"
-    if group in ("Ray system (raylet, GCS, agents)", "ray::ServeController", "Ray driver", "ray::IDLE"):
+    if group in ("Ray system (raylet, GCS, agents)", "Ray driver") or group in RAY_ACTORS:
         return "Ray system + Serve controller"
     if group == "load generator (client)":
         return "load generator (client)"
