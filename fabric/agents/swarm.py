@@ -37,6 +37,7 @@ class Swarm:
         self.started = 0.0
         self.cpu0 = 0.0
         self.done = asyncio.Event()
+        self.watcher: asyncio.Task | None = None
 
     def _sink(self, step: Step) -> None:
         self.steps.append(step)
@@ -66,7 +67,7 @@ class Swarm:
             agent = Agent(workload, i, endpoint, self.http, self._sink, self.started, seed,
                           run_id, on_task=self._task_done)
             self.tasks.append(asyncio.create_task(self._life(agent, offset, deadline)))
-        asyncio.create_task(self._watch())
+        self.watcher = asyncio.create_task(self._watch())  # held: the loop's reference is weak
         return len(agents)
 
     async def _life(self, agent: Agent, offset: float, deadline: float | None) -> None:

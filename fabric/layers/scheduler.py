@@ -58,6 +58,7 @@ class Scheduler:
         self._routing = Watched()  # bumped whenever _changed_at moves (routers' long polls)
         self._snapshot: Snapshot | None = None
         self._capped: set[str] = set()
+        self._calls: set[asyncio.Task] = set()  # capacity calls in flight beside the tick
         self._actions: list[dict] = []
         self._ticks = 0
         self._loop_task = None
@@ -343,7 +344,9 @@ class Scheduler:
                            "error": f"{type(exc).__name__}: {exc}"})
 
         if method == "take_back" or nodes:
-            asyncio.get_running_loop().create_task(call())
+            task = asyncio.get_running_loop().create_task(call())
+            self._calls.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._calls.discard)
 
     def _log(self, action: dict) -> None:
         self._actions.append({"at": time.time(), **action})
