@@ -174,10 +174,13 @@ def wait_idle(timeout_s: float = 900, poll_s: float = 20, max_foreign_cores: flo
         time.sleep(poll_s)
 
 
-def engine_settings(max_model_len: int = 2048) -> tuple[dict, dict]:
-    """(engine kwargs, engine env) shared by every target: the fabric's own CPU settings."""
+def engine_settings(max_model_len: int = 2048, accelerator: str = "cpu") -> tuple[dict, dict]:
+    """(engine kwargs, engine env) shared by every target: the fabric's own settings for the
+    accelerator (on cpu its verified CPU settings; on gpu vLLM's defaults)."""
     from fabric.layers.llm.server import CPU_ENGINE_DEFAULTS, CPU_ENGINE_ENV
 
+    if accelerator == "gpu":
+        return {"max_model_len": max_model_len}, {}
     return {**CPU_ENGINE_DEFAULTS, "max_model_len": max_model_len}, dict(CPU_ENGINE_ENV)
 
 
@@ -319,12 +322,13 @@ def ray_llm_env(direct: bool) -> dict:
 
 
 def ray_llm_server(model_path: str, engine_kwargs: dict, engine_env: dict, log_path: Path,
-                   direct: bool, num_cpus: int = 8, extra_env: dict | None = None) -> ServerProcess:
+                   direct: bool, num_cpus: int = 8, extra_env: dict | None = None,
+                   accelerator: str = "cpu") -> ServerProcess:
     """(b) / (c): ray.serve.llm's OpenAI app in a subprocess that never imports fabric."""
     port = free_port()
     env = {**ray_llm_env(direct), **(extra_env or {})}
     spec = {"port": port, "model": model_path, "engine_kwargs": engine_kwargs,
-            "engine_env": engine_env, "num_cpus": num_cpus}
+            "engine_env": engine_env, "num_cpus": num_cpus, "accelerator": accelerator}
     cmd = [sys.executable, str(Path(__file__).resolve()), "ray-llm", json.dumps(spec)]
     name = "ray.serve.llm " + ("direct streaming + HAProxy" if direct else "default app")
     return ServerProcess(name, cmd, env, log_path, f"http://127.0.0.1:{port}/v1",
@@ -351,8 +355,8 @@ def _serve_ray_llm(spec: dict) -> None:
                     proxy_location="HeadOnly")
         config = LLMConfig(
             model_loading_config={"model_id": MODEL_ID, "model_source": spec["model"]},
-            accelerator_config={"kind": "cpu"},
-            placement_group_config={"bundles": [{"CPU": 1}]},
+            accelerator_config={"kind": spec["accelerator"]},
+            placement_group_config={"bundles": [{"GPU" if spec["accelerator"] == "gpu" else "CPU": 1}]},
             engine_kwargs=spec["engine_kwargs"],
             runtime_env={"env_vars": spec["engine_env"]},
             deployment_config={"num_replicas": 1},
@@ -389,14 +393,15 @@ def shaped_plan(spec, sources: dict[str, str]) -> dict:
     code: everything the child needs, as plain data computed from the spec."""
     from fabric.cluster import LOCAL_IP, QUIET_ENV, QUIET_HEAD_ARGS, free_port, site_node_args
     from fabric.layers.distribution import model_prefix
-    from fabric.layers.llm.server import CPU_ENGINE_ENV, llm_config_fields
+    from fabric.layers.llm.server import llm_config_fields
     from fabric.spec import ROLE_LABEL
 
     apps = []
     for m in spec.models:
         fields = llm_config_fields(spec, m, sources[m.id])
         fields.pop("server_cls")  # plain LLMServer
-        fields["runtime_env"] = {"env_vars": dict(CPU_ENGINE_ENV)}
+        fields["runtime_env"] = {"env_vars": {k: v for k, v in fields["runtime_env"]["env_vars"]
+                                              .items() if not k.startswith("FABRIC_")}}
         fields["deployment_config"].pop("request_router_config")  # Serve's default router
         apps.append({"name": f"plain-{m.id}", "route_prefix": model_prefix(spec, m).rstrip("/"),
                      "config": fields})
@@ -462,25 +467,27 @@ def _serve_shaped(plan: dict) -> None:
                 os.remove(seam.ray_address_file())
 
 
-def one_engine_spec(spec_path: Path = LOCAL_SPEC):
+def one_engine_spec(spec_path: Path = LOCAL_SPEC, accelerator: str = "cpu"):
     """The spec restricted to its first model at ONE hosting site (edge-a), one replica: one
-    engine, like the other targets; everything else of the spec as it is."""
+    engine, like the other targets, on the given accelerator; everything else as it is."""
     from fabric.spec import load_spec
 
     spec = load_spec(spec_path).model_copy(deep=True)
     spec.models = spec.models[:1]  # one model: its app is /v1 itself, no gateway
     spec.models[0].hosting = ["edge-a"]
     spec.models[0].max_replicas = 1
+    spec.models[0].accelerator = accelerator
     return spec
 
 
-def shaped_server(model_path: str, log_path: Path, spec_path: Path = LOCAL_SPEC) -> ServerProcess:
+def shaped_server(model_path: str, log_path: Path, spec_path: Path = LOCAL_SPEC,
+                  accelerator: str = "cpu") -> ServerProcess:
     """(f) (c) on the fabric's cluster shape: the same raylets, dashboard and Ray/Serve
     settings as (d), the same one engine at edge-a, deployed by plain ray.serve.llm. d/f is
     what the fabric's own code costs; d/c adds what its multi-node local cluster costs."""
     from fabric.layers.distribution import model_prefix
 
-    spec = one_engine_spec(spec_path)
+    spec = one_engine_spec(spec_path, accelerator)
     plan = shaped_plan(spec, {spec.models[0].id: model_path})
     url = f"http://127.0.0.1:{plan['port']}{model_prefix(spec, spec.models[0]).rstrip('/')}/v1"
     return ServerProcess(TARGETS["f"], shaped_cmd(plan), ray_llm_env(direct=True), log_path, url,
@@ -489,7 +496,7 @@ def shaped_server(model_path: str, log_path: Path, spec_path: Path = LOCAL_SPEC)
 
 @contextlib.contextmanager
 def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = LOCAL_SPEC,
-                  gateway: bool = False):
+                  gateway: bool = False, accelerator: str = "cpu"):
     """(d) the fabric itself, restricted to ONE hosting site (edge-a) so that it runs one engine
     like the others; the rest of the fabric (all sites' raylets, power/site/GPU actors,
     scheduler, ledger, regional endpoints) runs as usual. Yields (base_url, pids to watch)."""
@@ -498,7 +505,7 @@ def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = 
     from fabric.cluster import free_port as fabric_free_port
     from fabric.runtime import quiet_output, running_fabric
 
-    spec = one_engine_spec(spec_path)
+    spec = one_engine_spec(spec_path, accelerator)
     spec.endpoint.port = fabric_free_port()
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as ledger:
         spec.metering.path = ledger
@@ -521,19 +528,21 @@ def fabric_server(model_path: str, log_path: Path, say=print, spec_path: Path = 
 
 @contextlib.contextmanager
 def serving(target: str, model_path: str, engine_kwargs: dict, engine_env: dict, log_path: Path,
-            bare_omp_threads: int = 1):
-    """Run one target ("a".."d"); yields (base URL, stream for the report). While the fabric
+            bare_omp_threads: int = 1, accelerator: str = "cpu"):
+    """Run one target ("a".."f") on the accelerator (cpu, or gpu with a real model); yields (base URL, stream for the report). While the fabric
     runs in this process its output goes to ``log_path``; the report stream is the terminal."""
     if target in ("d", "e"):
-        with fabric_server(model_path, log_path, gateway=target == "e") as (url, terminal):
+        with fabric_server(model_path, log_path, gateway=target == "e",
+                           accelerator=accelerator) as (url, terminal):
             yield url, terminal
         return
     if target == "a":
         server = vllm_server(model_path, engine_kwargs, engine_env, log_path, bare_omp_threads)
     elif target in ("b", "c"):
-        server = ray_llm_server(model_path, engine_kwargs, engine_env, log_path, direct=target == "c")
+        server = ray_llm_server(model_path, engine_kwargs, engine_env, log_path,
+                                direct=target == "c", accelerator=accelerator)
     elif target == "f":
-        server = shaped_server(model_path, log_path)
+        server = shaped_server(model_path, log_path, accelerator=accelerator)
     else:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     try:

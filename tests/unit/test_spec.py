@@ -92,6 +92,29 @@ def test_example_global_spec_is_realistic():
     assert {p.gpu_type for _, s in spec.sites for p in s.node_pools} >= {"H100", "H200"}
 
 
+def test_gpu_models_get_gpu_engines_and_cpu_models_cpu_ones():
+    from ray.serve.llm import LLMConfig
+
+    from fabric.layers.llm.server import CPU_ENGINE_ENV, llm_config_fields
+
+    spec = load_spec(default_spec_path().parent / "example-global.yaml")
+    gpu = LLMConfig(**llm_config_fields(spec, spec.model, "meta-llama/Llama-3.1-8B-Instruct"))
+    assert gpu.accelerator_config.kind == "gpu"
+    assert gpu.placement_group_config["bundles"] == [{"GPU": 1, "fabric_llm_slot": 1}]
+    assert "enforce_eager" not in gpu.engine_kwargs and gpu.engine_kwargs["max_model_len"] == 8192
+    assert not set(CPU_ENGINE_ENV) & set(gpu.runtime_env["env_vars"])
+    spec.model.gpus_per_replica = 4  # tensor parallel: four GPUs of one node, the slot once
+    tp = llm_config_fields(spec, spec.model, "m")
+    assert tp["placement_group_config"] == {"bundles": [{"GPU": 1, "fabric_llm_slot": 1}] + [{"GPU": 1}] * 3,
+                                            "strategy": "STRICT_PACK"}
+    assert tp["engine_kwargs"]["tensor_parallel_size"] == 4
+    assert LLMConfig(**tp).accelerator_config.kind == "gpu"
+    local = load_spec(default_spec_path())
+    cpu = LLMConfig(**llm_config_fields(local, local.model, "/models/tiny"))
+    assert cpu.accelerator_config.kind == "cpu" and cpu.engine_kwargs["enforce_eager"] is True
+    assert cpu.placement_group_config["bundles"] == [{"CPU": 1, "fabric_llm_slot": 1}]
+
+
 def test_spec_round_trips_as_json():
     spec = parse_spec(GOOD)
     assert FabricSpec.model_validate_json(spec.model_dump_json()) == spec

@@ -167,15 +167,24 @@ def llm_config_fields(spec: FabricSpec, model: ModelSpec, model_source: str,
     num_replicas = max(model.min_replicas, model.replicas_per_site * len(hosts))
     if model.max_replicas is not None:
         num_replicas = min(num_replicas, model.max_replicas)
-    engine_kwargs = {**CPU_ENGINE_DEFAULTS, "max_model_len": model.max_model_len,
-                     **model.engine_kwargs}
+    if model.accelerator == "gpu":  # one bundle per GPU, on one node; vLLM's own GPU defaults
+        tp = model.gpus_per_replica
+        bundles = [{"GPU": 1, LLM_SLOT_RESOURCE: 1}] + [{"GPU": 1} for _ in range(tp - 1)]
+        engine_kwargs = {"max_model_len": model.max_model_len,
+                         **({"tensor_parallel_size": tp} if tp > 1 else {}), **model.engine_kwargs}
+        placement, engine_env = {"bundles": bundles, "strategy": "STRICT_PACK"}, {}
+    else:
+        engine_kwargs = {**CPU_ENGINE_DEFAULTS, "max_model_len": model.max_model_len,
+                         **model.engine_kwargs}
+        placement = {"bundles": [{"CPU": 1, LLM_SLOT_RESOURCE: 1}]}
+        engine_env = CPU_ENGINE_ENV
     return dict(
         model_loading_config={"model_id": model.id, "model_source": model_source},
-        accelerator_config={"kind": "cpu"},
-        placement_group_config={"bundles": [{"CPU": 1, LLM_SLOT_RESOURCE: 1}]},
+        accelerator_config={"kind": model.accelerator},
+        placement_group_config=placement,
         engine_kwargs=engine_kwargs,
         runtime_env={"env_vars": {
-            **CPU_ENGINE_ENV, "FABRIC_MODEL_TIER": model.tier,
+            **engine_env, "FABRIC_MODEL_TIER": model.tier,
             "FABRIC_PRICE_IN": str(model.price_usd_per_mtok_in),
             "FABRIC_PRICE_OUT": str(model.price_usd_per_mtok_out),
             "FABRIC_REPLICAS": str(num_replicas),
