@@ -24,6 +24,7 @@ from pathlib import Path
 import ray
 
 from fabric.layers.batches import file_object
+from fabric.metering.records import RETRIED_STATUSES
 from fabric.scheduling.deferral import (DeferralPolicy, GridPoint, planned_start, sample_times,
                                         scores, should_release)
 
@@ -260,7 +261,7 @@ class DeferredQueue:
                     served["model"] = served["model"] or (body.get("model", "") if isinstance(body, dict) else "")
                     self.store.write(job_id, status="completed", status_code=200, response=body,
                                      served_by=served, finished_at=round(time.time(), 3))
-                elif r.status_code in (429, 500, 502, 503, 504):
+                elif r.status_code in RETRIED_STATUSES:
                     message = (body.get("error") or {}).get("message") if isinstance(body, dict) else None
                     self._retry_or_fail(job, r.status_code, message or r.text[:500])
                 else:

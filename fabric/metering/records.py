@@ -68,19 +68,29 @@ class UsageRecord(BaseModel):
     counterfactual_carbon_g: float | None = None
 
 
+# What the fabric's own services (the deferred queue, batch lines) retry: a record with one of
+# these statuses is not a request's last word, so it never takes the request's given name.
+RETRIED_STATUSES = (429, 500, 502, 503, 504)
+
+
 def request_record(header: Callable[[str], str], body: dict, *, ts: float, tenant: str,
                    status: int, endpoint: str, request_id: str = "", **measured) -> dict:
     """One request's usage record as the fabric's edges (the engine's middleware, the gateway)
     write it: who sent it and for what, from its headers and body, the same way at every edge;
     ``measured`` holds what the edge saw (tokens, latency, where it ran, energy). A refusal is a
-    record with its status and no tokens. The id: the one the edge was given (the fabric's own
-    services name their requests: ``x-fabric-request-id``, honoured only on behalf of a tenant),
-    else a fresh one; a client's ``x-request-id`` may repeat, so it is never the record's id."""
+    record with its status and no tokens.
+
+    The id: the fabric's own services name a request (``x-fabric-request-id`` on behalf of a
+    tenant: a batch line, one record however often it runs) and its outcome takes that name;
+    an outcome they retry (``RETRIED_STATUSES``) gets a fresh id, since the ledger keeps the
+    first record of an id and the retry's must not be lost. Otherwise ``request_id`` (the
+    engine's own) or a fresh one; a client's ``x-request-id`` may repeat, so it is never used."""
     body = body if isinstance(body, dict) else {}
     metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    own = header("x-fabric-request-id") if tenant and header("x-fabric-on-behalf-of") else ""
+    named = tenant and status not in RETRIED_STATUSES and header("x-fabric-on-behalf-of")
     return UsageRecord(
-        request_id=request_id or own or f"fabric-{uuid.uuid4().hex}", ts=ts, tenant=tenant,
+        request_id=(named and header("x-fabric-request-id")) or request_id
+        or f"fabric-{uuid.uuid4().hex}", ts=ts, tenant=tenant,
         agent_id=header("x-fabric-agent") or str(metadata.get("fabric_agent", "")),
         session_id=header("x-session-id") or str(metadata.get("fabric_session", "")),
         model=str(body.get("model", "")), endpoint=endpoint, status=status, **measured,

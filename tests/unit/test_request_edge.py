@@ -123,9 +123,13 @@ def test_every_edge_writes_who_and_what_from_the_same_rule():
                        ts=1.0, tenant="acme", status=429, endpoint="/v1/chat/completions")
     assert (r["agent_id"], r["session_id"], r["model"], r["status"]) == ("hdr-agent", "s1", "m", 429)
     assert r["request_id"].startswith("fabric-") and r["completion_tokens"] == 0  # never the client's id
+    # a name the fabric's services gave a request they may retry: its last word takes it, an
+    # outcome they retry does not (the ledger keeps an id's first record: the retry's would go)
     named = headers(x_fabric_request_id="batch-7", x_fabric_on_behalf_of="acme")
-    assert request_record(named, {}, ts=1.0, tenant="acme", status=200, endpoint="/")["request_id"] == "batch-7"
-    # a name is honoured only on behalf of an identified tenant, and an edge's own id comes first
+    for status, keeps in ((200, True), (400, True), (403, True), (429, False), (503, False)):
+        rid = request_record(named, {}, ts=1.0, tenant="acme", status=status, endpoint="/")["request_id"]
+        assert (rid == "batch-7") == keeps, status
+    # only on behalf of an identified tenant; otherwise the engine's own id, else a fresh one
     assert request_record(named, {}, ts=1.0, tenant="", status=401, endpoint="/")["request_id"] != "batch-7"
-    assert request_record(named, [], ts=1.0, tenant="acme", status=200, endpoint="/",
+    assert request_record(headers(), [], ts=1.0, tenant="t", status=200, endpoint="/",
                           request_id="engine-9", prompt_tokens=3)["request_id"] == "engine-9"

@@ -137,15 +137,16 @@ class FabricMiddleware:
                          + [(b"content-length", str(len(new_body)).encode())]}
                 replay = replaying(new_body, receive)
         tap = TokenTap(strip_usage=strip)
-        # the fabric's own services name their requests (a batch line: one record, however
-        # often it runs); a client's x-request-id may repeat, so it is not the record's id
-        request_id = header(scope, b"x-fabric-request-id") if behalf else ""
+        # the record's id (records.request_record): a name the fabric's own services gave the
+        # request, else the engine's own request id (a client's x-request-id may repeat)
+        named = bool(behalf and header(scope, b"x-fabric-request-id"))
+        request_id = ""
 
         async def send_on(message):
             nonlocal request_id
             if message["type"] == "http.response.start":
                 tap.start(message)
-                if not request_id and not header(scope, b"x-request-id"):
+                if not named and not header(scope, b"x-request-id"):
                     request_id = next((v.decode() for k, v in message.get("headers", [])
                                        if k.lower() == b"x-request-id"), "")
                 message = {**message, "headers": list(message.get("headers", [])) + self.headers}
