@@ -80,6 +80,14 @@ def load_seam():
     return module
 
 
+def _ray_pointer() -> str | None:
+    """The address in Ray's "cluster this machine last started" file, None without one."""
+    try:
+        return Path(load_seam().ray_address_file()).read_text().strip()
+    except OSError:
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -218,6 +226,7 @@ class ServerProcess:
         self.base_url, self.ready_timeout_s, self.stop_grace_s = base_url, ready_timeout_s, stop_grace_s
         self.proc: subprocess.Popen | None = None
         self._seen: dict[int, object] = {}
+        self._pointer_before: str | None = None  # Ray's "last cluster" pointer when it started
 
     def _track(self) -> None:
         if self.proc is not None:
@@ -228,6 +237,7 @@ class ServerProcess:
         import httpx
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._pointer_before = _ray_pointer()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
@@ -271,6 +281,12 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)  # anything left in its session
         self.proc = None
+        # a Ray driver killed by SIGTERM exits in Ray's own handler, before it can remove the
+        # pointer to the cluster it started: its cluster is gone now, so the pointer goes too
+        now = _ray_pointer()
+        if now is not None and now != self._pointer_before:
+            with contextlib.suppress(OSError):
+                os.remove(load_seam().ray_address_file())
 
 
 def _flags(kwargs: dict) -> list[str]:

@@ -125,6 +125,7 @@ def run_baseline(spec, sources: dict[str, str], args, log: Path) -> dict:
     server = _servers.ServerProcess("plain ray.serve.llm (same cluster shape)", cmd, dict(os.environ),
                                     log, f"http://127.0.0.1:{plan['port']}", stop_grace_s=90)
     try:
+        server._pointer_before = _servers._ray_pointer()  # the pointer its cluster will replace
         with open(log, "wb") as out:  # ready when the child says so (all apps RUNNING)
             server.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, start_new_session=True)
