@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 logger = logging.getLogger("fabric.internals")
 
-WRITTEN_FOR = {"ray": "2.60.0", "vllm": "0.29.0"}
+WRITTEN_FOR = {"ray": "2.60.0", "vllm": "0.29.0", "torch": "2.13.0"}
 
 # Ray's fake multi-node provider (an external node provider module) and the node id it
 # gives the head: the local cluster's autoscaler launches raylets as its "machines"
@@ -113,6 +113,13 @@ HOOKS: dict[str, tuple[str, Callable[[], bool]]] = {
         "--autoscale: processes for machines)",
         lambda: callable(_attr(*FAKE_NODE_PROVIDER.rsplit(".", 1)))
         and _attr(FAKE_NODE_PROVIDER.rsplit(".", 1)[0], "FAKE_HEAD_NODE_ID") == FAKE_HEAD_NODE_ID),
+    "distributed_c10d.ProcessGroupGloo/_Options._devices": (
+        "let a CPU engine's gloo process groups share one TCP device (one loop thread, not 13)",
+        lambda: hasattr(_attr("torch.distributed.distributed_c10d", "ProcessGroupGloo"),
+                        "create_default_device")
+        and hasattr(_attr("torch.distributed", "ProcessGroupGloo", "_Options")(), "_devices")
+        and _source_mentions("torch.distributed.distributed_c10d", "_new_process_group_helper",
+                             "ProcessGroupGloo(")),
     "autoscaler.util.fillout_defaults/validate_config": (
         "validate cluster.yaml as `ray up` would",
         lambda: all(callable(_attr("ray.autoscaler._private.util", n))
@@ -269,3 +276,46 @@ def ingress_routers_on_the_head() -> None:
 
     reconcile.fabric_head_only = True
     DeploymentState._reconcile_ingress_request_router = reconcile
+
+
+SHARE_GLOO_DEVICE_ENV = "FABRIC_SHARE_GLOO_DEVICE"
+
+
+def share_gloo_device() -> None:
+    """vLLM general plugin (entry point ``vllm.general_plugins``; acts only in a process whose
+    environment sets ``FABRIC_SHARE_GLOO_DEVICE=1``, as the fabric's CPU engines do): every
+    torch.distributed gloo group made in this process shares one TCP device.
+
+    vLLM's CPU worker makes 13 gloo groups (world, tensor/pipeline/data/expert parallel, each a
+    device group and a CPU group) even when it is the only rank, and each group's own device
+    runs a loop thread that wakes every 10 ms: ~0.02 cores per engine, at rest and under load,
+    for groups that one rank never uses. A gloo device is made to carry many contexts' pairs,
+    so one serves them all; collectives are unchanged."""
+    import datetime
+    import os
+
+    if os.environ.get(SHARE_GLOO_DEVICE_ENV) != "1":
+        return
+    from torch.distributed import distributed_c10d
+
+    gloo = distributed_c10d.ProcessGroupGloo
+    if getattr(gloo, "fabric_shared_device", False):
+        return
+    device: list = []
+
+    class _Gloo(type(gloo)):
+        def __instancecheck__(cls, obj):  # torch checks what it made against this name
+            return isinstance(obj, gloo)
+
+    class SharedDeviceGloo(gloo, metaclass=_Gloo):
+        fabric_shared_device = True
+
+        def __new__(cls, store, rank, size, timeout=datetime.timedelta(seconds=1800)):
+            if not device:
+                device.append(gloo.create_default_device())
+            options = gloo._Options()
+            options._devices = device
+            options._timeout = timeout
+            return gloo(store, rank, size, options)
+
+    distributed_c10d.ProcessGroupGloo = SharedDeviceGloo

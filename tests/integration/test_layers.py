@@ -2,10 +2,12 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -137,3 +139,27 @@ def test_status_command_reports_every_layer(fabric):
     human = subprocess.run([sys.executable, "-m", "fabric.cli", "status", "--address",
                             fabric.cluster.address], capture_output=True, text=True, timeout=120)
     assert human.returncode == 0 and f"source={sources.pop()}" in human.stdout
+
+
+def _descendants_named(prefix: str) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if (p.cmdline() or [""])[0].startswith(prefix):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_each_cpu_engine_worker_runs_one_gloo_loop(fabric):
+    """The fabric's vLLM plugin (fabric.internals.share_gloo_device) loads in every engine's
+    worker: its 13 gloo groups share one device, so one 10 ms loop thread instead of 13."""
+    workers = _descendants_named("VLLM::Worker")
+    assert workers, "no engine worker found among this session's processes"
+    for w in workers:
+        names = [Path(f"/proc/{w.pid}/task/{t}/comm").read_text().strip()
+                 for t in os.listdir(f"/proc/{w.pid}/task")]
+        assert names.count("gloo_tcp_loop") == 1, (w.pid, sorted(set(names)))

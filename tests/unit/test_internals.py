@@ -49,3 +49,42 @@ def test_engine_stats_come_from_the_stat_logger_or_say_loudly_they_cannot(caplog
     with caplog.at_level(logging.ERROR, logger="fabric.internals"):
         assert not internals.wrap_stat_logger(SimpleNamespace(), seen.append)
     assert "engine stats unavailable" in caplog.text
+
+
+GLOO_GROUPS = """
+import os, socket, sys
+import torch, torch.distributed as dist
+from fabric import internals
+internals.share_gloo_device()
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+groups = [dist.new_group([0], backend="gloo") for _ in range(12)]
+x = torch.ones(3)
+for g in groups:
+    dist.all_reduce(x, group=g)
+assert x.tolist() == [1.0, 1.0, 1.0] and dist.get_backend(groups[-1]) == "gloo"
+loops = sum(open(f"/proc/self/task/{t}/comm").read().strip() == "gloo_tcp_loop"
+            for t in os.listdir("/proc/self/task"))
+dist.destroy_process_group()
+print(loops)
+"""
+
+
+def _gloo_loops(env: dict) -> int:
+    import os
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", GLOO_GROUPS], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, **env}, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(r.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_engine_gloo_groups_share_one_device_only_where_asked():
+    """13 gloo groups (what vLLM's CPU worker makes): one loop thread when the fabric's engine
+    environment asks for a shared device, one per group otherwise (a process the fabric did
+    not start is left as it is)."""
+    assert _gloo_loops({internals.SHARE_GLOO_DEVICE_ENV: "1"}) == 1
+    assert _gloo_loops({internals.SHARE_GLOO_DEVICE_ENV: ""}) == 13

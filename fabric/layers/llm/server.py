@@ -15,6 +15,7 @@ from ray import serve
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 
+from fabric.internals import SHARE_GLOO_DEVICE_ENV
 from fabric.layers.llm.middleware import FabricMiddleware, ReplicaContext
 from fabric.layers.llm.stats import EngineStats
 from fabric.layers.llm.tap import LoadMeter
@@ -34,7 +35,9 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {
     "max_num_seqs": 64,
 }
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                  "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
+                  "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING",
+                  # one gloo device for the worker's 13 process groups (internals.share_gloo_device)
+                  SHARE_GLOO_DEVICE_ENV: "1"}
 
 
 class FabricLLMServer(LLMServer):
