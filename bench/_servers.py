@@ -2,7 +2,10 @@
 start and stop them cleanly.
 
 Every server runs the same engine: the offline tiny model with the fabric's CPU engine
-settings (fabric.layers.llm.server.CPU_ENGINE_DEFAULTS / CPU_ENGINE_ENV, max_model_len from the spec).
+settings (fabric.layers.llm.server.CPU_ENGINE_DEFAULTS / CPU_ENGINE_ENV, max_model_len from the spec;
+the env's FABRIC_SHARE_GLOO_DEVICE turns on the vLLM plugin this package installs, so every
+baseline's engine, like the fabric's, runs one gloo loop thread, not 13: the benches compare the
+fabric's code, not its engine settings).
 
     a  vllm     vLLM's own OpenAI server (python -m vllm.entrypoints.openai.api_server)
     b  ray      ray.serve.llm's OpenAI app, default mode (proxy -> ingress -> LLMServer)
@@ -408,6 +411,7 @@ def shaped_plan(spec, sources: dict[str, str]) -> dict:
     cluster's Ray and Serve settings) serving the spec's models at their sites with no fabric
     code: everything the child needs, as plain data computed from the spec."""
     from fabric.cluster import LOCAL_IP, QUIET_ENV, QUIET_HEAD_ARGS, free_port, site_node_args
+    from fabric.internals import SHARE_GLOO_DEVICE_ENV
     from fabric.layers.distribution import model_prefix
     from fabric.layers.llm.server import llm_config_fields
     from fabric.spec import ROLE_LABEL
@@ -416,8 +420,11 @@ def shaped_plan(spec, sources: dict[str, str]) -> dict:
     for m in spec.models:
         fields = llm_config_fields(spec, m, sources[m.id])
         fields.pop("server_cls")  # plain LLMServer
+        # the same engine settings as every baseline here (CPU_ENGINE_ENV, the shared gloo
+        # device included); none of the fabric's own (tier, prices, tenants)
         fields["runtime_env"] = {"env_vars": {k: v for k, v in fields["runtime_env"]["env_vars"]
-                                              .items() if not k.startswith("FABRIC_")}}
+                                              .items() if not k.startswith("FABRIC_")
+                                              or k == SHARE_GLOO_DEVICE_ENV}}
         fields["deployment_config"].pop("request_router_config")  # Serve's default router
         apps.append({"name": f"plain-{m.id}", "route_prefix": model_prefix(spec, m).rstrip("/"),
                      "config": fields})
