@@ -46,8 +46,8 @@ def gather(endpoint: str | None = None, regional: dict | None = None) -> dict:
     from fabric.scheduling.scorers import renewable_share
 
     names = fabric_actor_names()
-    sites = ray.get([ray.get_actor(n, namespace=naming.NAMESPACE).state.remote()
-                     for n in names if n.startswith(naming.SITE_PREFIX)], timeout=30)
+    sites = (ray.get(ray.get_actor(naming.SITES, namespace=naming.NAMESPACE).states.remote(),
+                     timeout=30) if naming.SITES in names else [])
     table, replicas, st = None, None, {}
     if naming.SCHEDULER in names:
         scheduler = ray.get_actor(naming.SCHEDULER, namespace=naming.NAMESPACE)

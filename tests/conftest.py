@@ -78,26 +78,22 @@ class Power:
         from fabric.layers import naming
 
         self.spec = spec
-        self.grids = {s.name: ray.get_actor(naming.power(s.name), namespace=naming.NAMESPACE)
-                      for _, s in spec.sites}
-        self.saved = {name: ray.get(g.clock_state.remote()) for name, g in self.grids.items()}
-
-    def grid(self, site: str):
-        return self.grids[site]
+        self.sites = ray.get_actor(naming.SITES, namespace=naming.NAMESPACE)
+        self.saved = {s.name: ray.get(self.sites.clock_state.remote(s.name)) for _, s in spec.sites}
 
     def seek(self, site: str, offset_s: float, speed: float | None = None) -> dict:
         """Jump the site's replay to ``offset_s``, at ``speed`` (default: the fabric's own)."""
         import ray
         speed = self.saved[site]["speed"] if speed is None else speed
-        return ray.get(self.grids[site].seek.remote(offset_s, speed))
+        return ray.get(self.sites.seek.remote(site, offset_s, speed))
 
     def curtailment(self, site: str):
         return next(s for _, s in self.spec.sites if s.name == site).power.curtailments[0]
 
     def restore(self) -> None:
         import ray
-        for name, grid in self.grids.items():
-            ray.get(grid.set_clock.remote(**self.saved[name]))
+        for name, clock in self.saved.items():
+            ray.get(self.sites.set_clock.remote(name, **clock))
 
 
 def at_rest(status: dict) -> bool:

@@ -4,7 +4,7 @@ A client that does not need its answer now submits the request with a deadline
 (``POST /fabric/v1/deferred``) and collects the answer later (``GET .../deferred/<id>``) — no
 connection is held while it waits. The ``DeferredQueue`` actor (``fabric:deferred``) keeps
 the jobs in a write-ahead log (a submitted job survives the actor's restart; one that was
-running is run again), asks each site's grid (its site actor) for the forecast every tick,
+running is run again), asks each site's grid (the Sites actor) for the forecast every tick,
 and releases each job when ``fabric.scheduling.deferral`` says now is its window — at the
 latest when its deadline, less a margin for the run, comes. A released job goes through the
 fabric's own endpoint on behalf of its tenant, so it is routed, limited, metered and billed
@@ -101,6 +101,7 @@ class DeferredQueue:
         self._tasks: set[asyncio.Task] = set()
         self._loop = None
         self._client = None
+        self._sites_actor = None  # the Sites actor (every site's grid), looked up once
 
     def _ensure_loop(self) -> None:
         if self._loop is None or self._loop.done():
@@ -156,16 +157,22 @@ class DeferredQueue:
         except BatchError as exc:
             return {"refused": [exc.status, exc.message, exc.param, exc.code]}
 
+    async def _grids(self):
+        """The Sites actor (every site's grid), looked up once, off the event loop."""
+        from fabric.layers import naming
+
+        if self._sites_actor is None:
+            self._sites_actor = await asyncio.to_thread(ray.get_actor, naming.SITES,
+                                                        namespace=naming.NAMESPACE)
+        return self._sites_actor
+
     async def _at_once(self) -> dict:
         """Each site's grid now: what running a batch at once would pay (``fabric usage
         --batch`` prices its tokens both ways)."""
-        from fabric.layers import naming
-
         out = {}
         for site in self.sites:
             try:
-                grid = ray.get_actor(naming.power(site), namespace=naming.NAMESPACE)
-                s = (await grid.forecast.remote([time.time()]))[0]
+                s = (await (await self._grids()).forecast.remote(site, [time.time()]))[0]
             except Exception:  # a site without a grid answer prices nothing
                 continue
             out[site] = {"price_usd_per_mwh": s["price_usd_per_mwh"],
@@ -197,13 +204,10 @@ class DeferredQueue:
             await asyncio.sleep(self.tick_s)
 
     async def _forecast(self, times: list[float]) -> list[list[GridPoint]]:
-        from fabric.layers import naming
-
         rows: list[list[GridPoint]] = [[] for _ in times]
         for site in self.sites:
             try:
-                grid = ray.get_actor(naming.power(site), namespace=naming.NAMESPACE)
-                states = await grid.forecast.remote(times)
+                states = await (await self._grids()).forecast.remote(site, times)
             except Exception:  # a site without a grid answer is left out of the forecast
                 continue
             for row, s in zip(rows, states):

@@ -4,22 +4,7 @@ NAMESPACE = "fabric"
 SCHEDULER = "fabric:scheduler"
 
 
-SITE_PREFIX = "fabric:site:"
-
-
-def site(site: str) -> str:
-    """A site's actor: its AIFactory (layer 2), which holds its PowerGrid (layer 1)."""
-    return f"{SITE_PREFIX}{site}"
-
-
-def power(site_name: str) -> str:
-    """Layer 1 of a site: served by the site's actor."""
-    return site(site_name)
-
-
-def aidc(site_name: str) -> str:
-    """Layer 2 of a site: the site's actor."""
-    return site(site_name)
+SITES = "fabric:sites"  # every site's AIFactory (layer 2) with its PowerGrid (layer 1)
 
 
 def gpu(site: str, node_id: str) -> str:

@@ -5,11 +5,11 @@ the curtailment starts and ends the replay has passed (worked out from the profi
 is missed between two reads). It knows when its state next changes (a sample of a series, a
 curtailment's start or end, one coming into the look-ahead), so its reader sleeps until then.
 
-A PowerGrid lives in its site's actor (``fabric.layers.aidc``, named ``fabric:site:<site>``):
-layers 1 and 2 of a site are read together every time, and one process per site costs a
-fabric at rest a third of what one per layer did (bench/idle.py). The site actor serves the
-grid's methods (``grid_state``, ``state_at``, ``forecast``, ``seek``, ``clock_state``,
-``set_clock``, ``event_log``) under ``naming.power(site)``.
+A PowerGrid lives in its site's AIFactory, in the Sites actor (``fabric.layers.aidc``, named
+``fabric:sites``): layers 1 and 2 of a site are read together every time, and one process for
+every site costs a fabric at rest a fraction of what one per site and layer did
+(bench/idle.py). The Sites actor serves the grid's methods (``grid_state``, ``state_at``,
+``forecast``, ``seek``, ``clock_state``, ``set_clock``, ``event_log``), each naming its site.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def start_curtailment(spec) -> dict | None:
     for region, site in ((r, s) for r, s in spec.sites if s.name in hosting):
         if site.power.curtailments:
             cut = site.power.curtailments[0]
-            grid = ray.get_actor(naming.power(site.name), namespace=naming.NAMESPACE)
-            state = ray.get(grid.seek.remote(cut.start_s), timeout=30)
+            sites = ray.get_actor(naming.SITES, namespace=naming.NAMESPACE)
+            state = ray.get(sites.seek.remote(site.name, cut.start_s), timeout=30)
             return {"site": site.name, "region": region, "budget_w": state["budget_w"],
                     "what": f"grid curtails {site.name} to {cut.budget_fraction:.0%} of its budget "
                             f"({state['budget_w'] / 1e3:.1f} kW)"}

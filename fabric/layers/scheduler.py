@@ -1,7 +1,8 @@
 """Layer 6: the central scheduler actor (named, detached, restartable).
 
-It follows every site's actor (an AIFactory holding the site's PowerGrid and reading its
-GPUMonitors) with a long poll, so each site's latest state is at hand without asking; each
+It follows the Sites actor (an AIFactory per site, holding the site's PowerGrid and reading its
+GPUMonitors) with one long poll that answers with the sites that changed, so each site's latest
+state is at hand without asking; each
 tick it builds a signal snapshot from those states, asks the configured policy (pure code in
 ``fabric.scheduling``) for a routing table, hands a changed table to the request routers
 (whose long polls it answers then), and acts back on the sites: a site shed for lack of power headroom gets its GPU
@@ -77,7 +78,7 @@ class Scheduler:
                         for _, s in self._spec.hosting_sites(m)}
         self._scaling: dict[str, asyncio.Task] = {}
         self._scale_retry_at: dict[str, float] = {}
-        self._followers: dict[str, asyncio.Task] = {}  # site -> its AIFactory's follower
+        self._follower: asyncio.Task | None = None  # follows the Sites actor
         self._site_states: dict[str, dict] = {}  # site -> what its AIFactory last said
         self._site_changed = asyncio.Event()
         self._history: deque = deque(maxlen=600)  # (tick, version, weights): the last minutes
@@ -97,32 +98,30 @@ class Scheduler:
             await asyncio.sleep(max(0.0, self._spec.scheduler.tick_s - (time.monotonic() - started)))
 
     def _follow_sites(self) -> None:
-        """Follow every site's AIFactory (a long poll each): the tick reads what they last
-        said, so a site at rest costs nothing per tick; a site that stops answering (its
-        node gone) is left out until it answers again."""
+        """Follow the Sites actor (one long poll answering with the sites that changed): the
+        tick reads what they last said, so a site at rest costs nothing per tick; while the
+        actor does not answer (restarting) no site is known until it answers again."""
+        if self._follower is None or self._follower.done():
+            self._follower = asyncio.get_running_loop().create_task(self._follow_all())
+
+    async def _follow_all(self) -> None:
         from fabric.layers.watch import follow
 
-        for name in self._sites:
-            task = self._followers.get(name)
-            if task is None or task.done():
-                self._followers[name] = asyncio.get_running_loop().create_task(
-                    self._follow_site(name, follow))
+        sites = await asyncio.to_thread(ray.get_actor, naming.SITES, namespace=NAMESPACE)
 
-    async def _follow_site(self, name: str, follow) -> None:
-        factory = await asyncio.to_thread(ray.get_actor, naming.aidc(name), namespace=NAMESPACE)
-
-        def apply(state: dict) -> None:
-            self._site_states[name] = state
+        def apply(states: dict) -> None:
+            self._site_states.update((k, v) for k, v in states.items() if k in self._sites)
             self._site_changed.set()
 
         def lost(_exc: Exception) -> None:
-            if self._site_states.pop(name, None) is not None:
+            if self._site_states:
+                self._site_states.clear()
                 self._site_changed.set()
 
-        await follow(lambda since, wait: factory.watch.remote(since, wait), apply, on_error=lost)
+        await follow(lambda since, wait: sites.watch.remote(since, wait), apply, on_error=lost)
 
     async def _snapshot_now(self) -> Snapshot:
-        if not self._followers:  # first tick: wait for every site's first answer
+        if self._follower is None:  # first tick: wait for every site's first answer
             self._follow_sites()
             deadline = time.monotonic() + max(2.0, self._spec.scheduler.tick_s * 4)
             while len(self._site_states) < len(self._sites) and time.monotonic() < deadline:
@@ -132,7 +131,7 @@ class Scheduler:
                 except asyncio.TimeoutError:
                     break
         else:
-            self._follow_sites()  # restart a follower that ended (it should not)
+            self._follow_sites()  # restart the follower if it ended (it should not)
         self._states = [self._site_states[name] for name in self._sites if name in self._site_states]
         sites = [site_signals(st, self._edge[st["site"]], self._max_inflight,
                               self._latency[st["site"]], self._figures[st["site"]])
@@ -334,9 +333,8 @@ class Scheduler:
         beside the tick, logged."""
         async def call() -> None:
             try:
-                factory = await asyncio.to_thread(ray.get_actor, naming.site(site),
-                                                  namespace=NAMESPACE)
-                left = await getattr(factory, method).remote(nodes)
+                sites = await asyncio.to_thread(ray.get_actor, naming.SITES, namespace=NAMESPACE)
+                left = await getattr(sites, method).remote(site, nodes)
                 self._log({"action": method, "site": site, "nodes": nodes,
                            "handed_back": left, "tick": self._ticks})
             except Exception as exc:

@@ -8,7 +8,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fabric.layers import naming
-from fabric.layers.aidc import AIFactory
+from fabric.layers.aidc import Sites
 from fabric.layers.gpu import GPUMonitor
 from fabric.spec import ROLE_LABEL, SITE_LABEL, FabricSpec
 
@@ -33,34 +33,36 @@ def site_nodes(site: str) -> list[str]:
 
 
 def start_layers(spec: FabricSpec, nodes_may_come: bool = False) -> dict[str, list[str]]:
-    """A site actor per site (its AIFactory, holding its PowerGrid) on the head — a site's
-    state outlives its nodes, which an autoscaler may release when the site is parked — and a
-    GPUMonitor per site node. Returns the actor names by layer. A site with no node fails,
-    unless ``nodes_may_come`` (an autoscaling cluster starts them on demand)."""
+    """The Sites actor (every site's AIFactory, each holding its PowerGrid) on the head — a
+    site's state outlives its nodes, which an autoscaler may release when the site is parked —
+    and a GPUMonitor per site node. Returns the actor names by layer. A site with no node
+    fails, unless ``nodes_may_come`` (an autoscaling cluster starts them on demand)."""
     t0 = time.time()  # one replay clock for every site
     # the grids report the lowest budget scheduled over a cold start (and two ticks) ahead
     from fabric.scheduling.dispatch import DispatchParams
 
     cold = spec.scheduler.params.get("cold_start_s", DispatchParams.model_fields["cold_start_s"].default)
     lookahead = float(cold) + 2 * spec.scheduler.tick_s
-    names: dict[str, list[str]] = {"power": [], "aidc": [], "gpu": []}
+    names: dict[str, list[str]] = {"power": [naming.SITES], "aidc": [naming.SITES], "gpu": []}
+    sites = Sites.options(**_opts(naming.SITES), label_selector={ROLE_LABEL: "head"}).remote(
+        [(region, site.model_dump_json()) for region, site in spec.sites],
+        spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
     handles = []
-    for region, site in spec.sites:
+    for _, site in spec.sites:
         nodes = site_nodes(site.name)
         if not nodes and not nodes_may_come:
             raise RuntimeError(f"site {site.name!r} has no node labelled {SITE_LABEL}={site.name}")
-        site_json = site.model_dump_json()
-        factory = AIFactory.options(**_opts(naming.site(site.name)),
-                                    label_selector={ROLE_LABEL: "head"}).remote(
-            site_json, region, spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
-        handles.append(factory.grid_state.remote())
-        names["power"].append(naming.power(site.name))
-        names["aidc"].append(naming.aidc(site.name))
+        handles.append(sites.grid_state.remote(site.name))
         for node in nodes:
-            handles.append(ensure_monitor(site_json, site.name, node).reading.remote())
+            handles.append(ensure_monitor(site.model_dump_json(), site.name, node).reading.remote())
             names["gpu"].append(naming.gpu(site.name, node))
     ray.get(handles, timeout=120)
     return names
+
+
+def sites_actor():
+    """The Sites actor's handle (layers 1 and 2 of every site; each call names its site)."""
+    return ray.get_actor(naming.SITES, namespace=naming.NAMESPACE)
 
 
 def fabric_actor_names() -> list[str]:

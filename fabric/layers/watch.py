@@ -67,6 +67,42 @@ class Watched:
         return self.version, (self.value if changed else None)
 
 
+class WatchedMap:
+    """Keyed values (one per site, say) under one version: a reader holding version ``since``
+    is answered with only the keys that changed after it, so one long poll follows them all
+    and a quiet key costs its reader nothing. A ``since`` this map never gave (a new reader,
+    or one that read a producer since restarted) gets every key."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self._all = Watched()
+        self._first = self._all.version
+        self._changed_at: dict[str, int] = {}  # key -> the version its value last changed at
+
+    @property
+    def version(self) -> int:
+        return self._all.version
+
+    def set(self, key: str, value: Any) -> bool:
+        """Store ``key``'s value; wake the waiting readers if it differs. Returns whether it did."""
+        if key in self.values and self.values[key] == value:
+            return False
+        self.values[key] = value
+        self._all.bump()
+        self._changed_at[key] = self._all.version
+        return True
+
+    async def answer(self, since: int | None, wait_s: float) -> tuple[int, dict | None]:
+        """A long poll's answer: (version, {key: value} changed after ``since``), None for the
+        values when nothing changed within ``wait_s``."""
+        if since is None or not self._first <= since <= self._all.version:
+            return self._all.version, dict(self.values)
+        if not await self._all.wait(since, wait_s):
+            return self._all.version, None
+        return self._all.version, {k: self.values[k] for k, at in self._changed_at.items()
+                                   if at > since}
+
+
 async def follow(ask: Callable[[int | None, float], Awaitable[tuple[int, Any]]],
                  apply: Callable[[Any], None], wait_s: float = FOLLOW_WAIT_S,
                  retry_s: float = 1.0, on_error: Callable[[Exception], None] | None = None) -> None:

@@ -117,7 +117,7 @@ def test_a_deferred_job_waits_for_the_cheaper_window_and_runs_there(fabric, powe
     # the grid at release is cheaper/greener than at submission (the queue's own score)
     rows = []
     for t in (job["created_at"], done["started_at"]):
-        states = [ray.get(power.grid(site).forecast.remote([t]))[0] for site in hosting]
+        states = [ray.get(power.sites.forecast.remote(site, [t]))[0] for site in hosting]
         rows.append([GridPoint(g["price_usd_per_mwh"], g["carbon_g_per_kwh"], g["curtailed"],
                                energy[site]) for g, site in zip(states, hosting)])
     at_submit, at_release = scores(rows, policy)

@@ -24,8 +24,8 @@ import sys, ray
 from fabric.cluster import connect
 from fabric.layers import naming
 connect(sys.argv[1])
-grid = ray.get_actor(naming.power(sys.argv[2]), namespace=naming.NAMESPACE)
-print(ray.get(grid.seek.remote(float(sys.argv[3])))["curtailed"])
+sites = ray.get_actor(naming.SITES, namespace=naming.NAMESPACE)
+print(ray.get(sites.seek.remote(sys.argv[2], float(sys.argv[3])))["curtailed"])
 """
 
 

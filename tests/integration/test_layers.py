@@ -35,10 +35,13 @@ def test_every_layer_has_its_named_actors_on_the_right_nodes(fabric):
     names = fabric_actor_names()
     sites = [s.name for _, s in fabric.spec.sites]
     assert naming.SCHEDULER in names
+    # one actor for every site (layers 1 and 2), on the head: a site's state outlives its nodes
+    assert naming.SITES in names and not any(n.startswith("fabric:site:") for n in names)
+    assert ray.get(actor(naming.SITES).where.remote())["labels"]["fabric/role"] == "head"
+    assert [s["site"] for s in ray.get(actor(naming.SITES).states.remote())] == sites
+    with pytest.raises(ray.exceptions.RayTaskError, match="unknown site 'atlantis'"):
+        ray.get(actor(naming.SITES).state.remote("atlantis"))
     for site in sites:
-        # the site actor (layers 1 and 2) on the head: a site's state outlives its nodes
-        assert naming.power(site) == naming.aidc(site) == naming.site(site) in names
-        assert ray.get(actor(naming.site(site)).where.remote())["labels"]["fabric/role"] == "head"
         where = ray.get(gpu_monitor(site).where.remote())
         assert where["labels"]["fabric/site"] == site
         assert naming.gpu(site, where["node_id"]) in names  # named after its node
@@ -63,13 +66,13 @@ def test_each_model_has_one_ingress_router_on_the_head(fabric):
 
 def test_power_grid_replays_real_data_at_given_times(fabric):
     site = fabric.spec.regions[0].sites[0]  # edge-a: CISO carbon and price series
-    grid = actor(naming.power(site.name))
+    sites = actor(naming.SITES)
     with open(site.power.carbon_g_per_kwh.file) as f:
         carbon = list(csv.DictReader(f))
     with open(site.power.price_usd_per_mwh.file) as f:
         price = list(csv.DictReader(f))
     for hour in (0, 5, 100):
-        state = ray.get(grid.state_at.remote(hour * 3600 + 1))
+        state = ray.get(sites.state_at.remote(site.name, hour * 3600 + 1))
         assert state["carbon_g_per_kwh"] == pytest.approx(float(carbon[hour]["avg_CI"]), abs=1e-3)
         assert state["price_usd_per_mwh"] == pytest.approx(float(price[hour]["Price (USD/MWh)"]), abs=1e-3)
         assert state["budget_w"] == site.power.budget_mw * 1e6
@@ -78,14 +81,14 @@ def test_power_grid_replays_real_data_at_given_times(fabric):
 def test_curtailment_raises_an_event(fabric, power):
     site = next(s for _, s in fabric.spec.sites if s.power.curtailments)
     cut = power.curtailment(site.name)
-    grid = power.grid(site.name)
+    sites = power.sites
     held = power.seek(site.name, cut.start_s - 1, speed=0)  # the replay held just before it
-    assert not held["curtailed"] and ray.get(grid.event_log.remote()) == []
+    assert not held["curtailed"] and ray.get(sites.event_log.remote(site.name)) == []
     power.seek(site.name, cut.start_s - 1)  # released at the spec's speed: it crosses the start
-    state = wait_for("the curtailment to start", lambda: (st := ray.get(grid.state.remote()))[
-        "curtailed"] and st, timeout=60)
+    state = wait_for("the curtailment to start", lambda: (
+        st := ray.get(sites.state.remote(site.name)))["curtailed"] and st, timeout=60)
     assert state["budget_w"] == pytest.approx(site.power.budget_mw * 1e6 * cut.budget_fraction)
-    events = ray.get(grid.event_log.remote())
+    events = ray.get(sites.event_log.remote(site.name))
     assert [(e["kind"], e["offset_s"], e["site"]) for e in events] == [
         ("curtailment_start", cut.start_s, site.name)]
 
@@ -117,7 +120,7 @@ def test_modelled_gpu_power_rises_with_load(fabric):
     # 24 requests × 200 tokens on edge-a, reported by its engine every 0.5 s
     after = wait_for("edge-a's tokens counted", lambda: (r := ray.get(mon.reading.remote()))[
         "tokens_out_total"] - idle["tokens_out_total"] >= 24 * 200 and r, timeout=60)
-    site = ray.get(actor(naming.aidc("edge-a")).state.remote())
+    site = ray.get(actor(naming.SITES).state.remote("edge-a"))
     assert site["power_source"] == idle["source"] and site["facility_power_w"] > 0
 
 

@@ -92,8 +92,7 @@ class FabricLLMServer(LLMServer):
 
         replica = serve.get_replica_context().replica_id.unique_id
         actors: dict[str, Any] = {}
-        names = {"monitor": naming.gpu(where["site"], where["node_id"]),
-                 "grid": naming.power(where["site"]), "site": naming.site(where["site"]),
+        names = {"monitor": naming.gpu(where["site"], where["node_id"]), "sites": naming.SITES,
                  "ledger": LEDGER_NAME, "scheduler": naming.SCHEDULER}
 
         async def actor(key: str):
@@ -125,9 +124,10 @@ class FabricLLMServer(LLMServer):
                 except Exception:  # no monitor (yet): the engine serves on regardless
                     actors.pop("monitor", None)
                     try:  # a node handed back (parked) or new: its site starts one here
-                        await (await actor("site")).take_back.remote([where["node_id"]])
+                        await (await actor("sites")).take_back.remote(where["site"],
+                                                                      [where["node_id"]])
                     except Exception:
-                        actors.pop("site", None)
+                        actors.pop("sites", None)
             if now - context_at >= context_s[0 if busy else 1]:
                 context_at = now
                 await self._refresh_context(actor, actors, where)
@@ -141,11 +141,11 @@ class FabricLLMServer(LLMServer):
         """The grid's price and carbon now, and what the records say about the decision:
         policy, table version, counterfactual."""
         try:
-            grid = await (await actor("grid")).grid_state.remote()
+            grid = await (await actor("sites")).grid_state.remote(where["site"])
             self._ctx.carbon_g_per_kwh = grid["carbon_g_per_kwh"]
             self._ctx.price_usd_per_mwh = grid["price_usd_per_mwh"]
         except Exception:
-            actors.pop("grid", None)
+            actors.pop("sites", None)
         try:
             table = await (await actor("scheduler")).routing_table.remote()
             self._ctx.policy, self._ctx.table_version = table["policy"], table["version"]
