@@ -99,8 +99,10 @@ class Scheduler:
 
     def _follow_sites(self) -> None:
         """Follow the Sites actor (one long poll answering with the sites that changed): the
-        tick reads what they last said, so a site at rest costs nothing per tick; while the
-        actor does not answer (restarting) no site is known until it answers again."""
+        tick reads what they last said, so a site at rest costs nothing per tick. While the
+        actor does not answer (restarting) the ticks keep its last word on every site
+        (fail-static, as the routers keep the last table): dropping the sites would route
+        nothing for that time."""
         if self._follower is None or self._follower.done():
             self._follower = asyncio.get_running_loop().create_task(self._follow_all())
 
@@ -113,12 +115,7 @@ class Scheduler:
             self._site_states.update((k, v) for k, v in states.items() if k in self._sites)
             self._site_changed.set()
 
-        def lost(_exc: Exception) -> None:
-            if self._site_states:
-                self._site_states.clear()
-                self._site_changed.set()
-
-        await follow(lambda since, wait: sites.watch.remote(since, wait), apply, on_error=lost)
+        await follow(lambda since, wait: sites.watch.remote(since, wait), apply)
 
     async def _snapshot_now(self) -> Snapshot:
         if self._follower is None:  # first tick: wait for every site's first answer

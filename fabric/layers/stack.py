@@ -60,11 +60,6 @@ def start_layers(spec: FabricSpec, nodes_may_come: bool = False) -> dict[str, li
     return names
 
 
-def sites_actor():
-    """The Sites actor's handle (layers 1 and 2 of every site; each call names its site)."""
-    return ray.get_actor(naming.SITES, namespace=naming.NAMESPACE)
-
-
 def fabric_actor_names() -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if a["namespace"] == naming.NAMESPACE and a["name"].startswith("fabric:"))
