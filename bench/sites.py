@@ -54,15 +54,18 @@ def measure(pids: list[int], seconds: float) -> tuple[float, float]:
 
 def run(n: int, per_site: bool, speed: float, settle_s: float, seconds: float) -> dict:
     import ray
+    from fabric.layers import blobs
     from fabric.layers.aidc import Sites
 
     sites = fleet(n)
     t0 = time.perf_counter()
     if per_site:
-        actors = [Sites.options(num_cpus=0).remote([s], speed, 0.0, time.time()) for s in sites]
+        actors = [Sites.options(num_cpus=0).remote(blobs.put(json.dumps([s])), speed, 0.0,
+                                                    time.time()) for s in sites]
         ray.get([a.states.remote() for a in actors], timeout=600)
     else:
-        actors = [Sites.options(num_cpus=0).remote(sites, speed, 0.0, time.time())]
+        actors = [Sites.options(num_cpus=0).remote(blobs.put(json.dumps(sites)), speed, 0.0,
+                                                    time.time())]
         ray.get(actors[0].states.remote(), timeout=600)
     ready_s = time.perf_counter() - t0
     time.sleep(settle_s)

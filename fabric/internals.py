@@ -120,6 +120,11 @@ HOOKS: dict[str, tuple[str, Callable[[], bool]]] = {
         and hasattr(_attr("torch.distributed", "ProcessGroupGloo", "_Options")(), "_devices")
         and _source_mentions("torch.distributed.distributed_c10d", "_new_process_group_helper",
                              "ProcessGroupGloo(")),
+    "internal_kv._internal_kv_put/get/del": (
+        "keep the spec where a restarted scheduler or Sites actor reads it (the GCS key-value "
+        "store), not in an object owned by the `fabric up` process",
+        lambda: all(callable(_attr("ray.experimental.internal_kv", n)) for n in
+                    ("_internal_kv_put", "_internal_kv_get", "_internal_kv_del"))),
     "autoscaler.util.fillout_defaults/validate_config": (
         "validate cluster.yaml as `ray up` would",
         lambda: all(callable(_attr("ray.autoscaler._private.util", n))
@@ -246,6 +251,26 @@ def ray_address_file() -> str:
     from ray._common.utils import get_ray_address_file
 
     return get_ray_address_file(None)
+
+
+def kv_put(key: str, value: bytes, namespace: str) -> None:
+    """Store ``value`` in the cluster's GCS key-value store (lives as long as the GCS)."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(key, value, overwrite=True, namespace=namespace)
+
+
+def kv_get(key: str, namespace: str) -> bytes | None:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    return _internal_kv_get(key, namespace=namespace)
+
+
+def kv_del_prefix(prefix: str, namespace: str) -> int:
+    """Delete every key starting with ``prefix``; returns how many were deleted."""
+    from ray.experimental.internal_kv import _internal_kv_del
+
+    return int(_internal_kv_del(prefix, del_by_prefix=True, namespace=namespace))
 
 
 def validate_cluster_config(config: dict) -> dict:

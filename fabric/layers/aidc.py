@@ -25,6 +25,7 @@ gets its monitor when it joins.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Callable
@@ -236,13 +237,16 @@ class AIFactory:
 class Sites:
     """Every site of the fabric (layers 1 and 2) in one actor; every call names its site."""
 
-    def __init__(self, sites: list[tuple[str, str]], speed: float = 1.0, start_s: float = 0.0,
+    def __init__(self, sites_key: str, speed: float = 1.0, start_s: float = 0.0,
                  t0: float | None = None, lookahead_s: float = 0.0):
-        """``sites``: (region, the SiteSpec as JSON) per site, in the spec's order."""
+        """``sites_key``: where a JSON list of (region, the SiteSpec as JSON) per site, in the
+        spec's order, is kept (``blobs``: read again on a restart)."""
+        from fabric.layers import blobs
+
         self._published = WatchedMap()
         view = ClusterView()
         self.factories: dict[str, AIFactory] = {}
-        for region, site_json in sites:
+        for region, site_json in json.loads(blobs.get(sites_key)):
             site = SiteSpec.model_validate_json(site_json)
             grid = PowerGrid(site, speed, start_s, t0, lookahead_s)
             self.factories[site.name] = AIFactory(site, region, grid, view, self._published.set)

@@ -39,8 +39,11 @@ from fabric.spec import ROLE_LABEL, FabricSpec
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class Scheduler:
-    def __init__(self, spec_json: str):
-        self._spec = FabricSpec.model_validate_json(spec_json)
+    def __init__(self, spec_key: str):
+        """``spec_key``: where the spec's JSON is kept (``blobs``), read again on a restart."""
+        from fabric.layers import blobs
+
+        self._spec = FabricSpec.model_validate_json(blobs.get(spec_key))
         # Parking stops engines (a cold start of tens of seconds to come back): live, it is
         # the spec's choice (scheduler.params.park), off unless asked; the simulator parks.
         live = {} if "park" in self._spec.scheduler.params else {"park": False}
@@ -412,9 +415,11 @@ class Scheduler:
 
 def start_scheduler(spec: FabricSpec):
     """Create the scheduler (or return the running one), pinned to the head node."""
+    from fabric.layers import blobs
+
     actor = Scheduler.options(
         name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         label_selector={ROLE_LABEL: "head"},
-    ).remote(spec.model_dump_json())
+    ).remote(blobs.put(spec.model_dump_json()))
     ray.get(actor.routing_table.remote())  # starts the tick loop; fails loudly if unplaceable
     return actor

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fabric.layers import naming
+from fabric.layers import blobs, naming
 from fabric.layers.aidc import Sites
 from fabric.layers.gpu import GPUMonitor
 from fabric.spec import ROLE_LABEL, SITE_LABEL, FabricSpec
@@ -44,8 +45,9 @@ def start_layers(spec: FabricSpec, nodes_may_come: bool = False) -> dict[str, li
     cold = spec.scheduler.params.get("cold_start_s", DispatchParams.model_fields["cold_start_s"].default)
     lookahead = float(cold) + 2 * spec.scheduler.tick_s
     names: dict[str, list[str]] = {"power": [naming.SITES], "aidc": [naming.SITES], "gpu": []}
+    listed = json.dumps([(region, site.model_dump_json()) for region, site in spec.sites])
     sites = Sites.options(**_opts(naming.SITES), label_selector={ROLE_LABEL: "head"}).remote(
-        [(region, site.model_dump_json()) for region, site in spec.sites],
+        blobs.put(listed),
         spec.power_clock.speed, spec.power_clock.start_s, t0, lookahead)
     handles = []
     for _, site in spec.sites:
@@ -66,9 +68,11 @@ def fabric_actor_names() -> list[str]:
 
 
 def stop_layers() -> None:
-    """Kill every fabric actor (scheduler included) of an existing cluster."""
+    """Kill every fabric actor (scheduler included) of an existing cluster, and forget the
+    specs they were built from."""
     for name in fabric_actor_names():
         try:
             ray.kill(ray.get_actor(name, namespace=naming.NAMESPACE), no_restart=True)
         except ValueError:
             pass
+    blobs.clear()

@@ -9,7 +9,7 @@ from fabric import internals
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVATE = re.compile(r"\b(ray|vllm)\.[\w.]*\b_(private|internal|common)\b|_engine_client|"
-                     r"_add_middleware_to_built_app|SERVE_CONTROLLER_ACTOR|\.args\[0\]\.metadata")
+                     r"_add_middleware_to_built_app|SERVE_CONTROLLER_ACTOR|internal_kv|\.args\[0\]\.metadata")
 
 
 def test_every_hook_is_there_in_the_installed_ray_and_vllm():
