@@ -485,6 +485,8 @@ def measure_target(target: str, args, model_path: str, engine_kwargs: dict, engi
             say(f"  open {rate:>5.1f} req/s offered {row['ok']:>4}/{row['requests']:<4} "
                 f"{row['req_per_s']:>7.1f} req/s  ttft p50 {_fmt(row['ttft_p50_ms'])} ms  "
                 f"p99 {_fmt(row['ttft_p99_ms'])} ms  lat p50 {_fmt(row['latency_p50_ms'])} ms")
+        if args.pause_control_plane and target == "d":
+            out["paused"] = paused_levels(load, args)
         if args.profile and str(max(args.concurrency)) in out.get("cpu", {}):
             c = max(args.concurrency)
             procs = profile_targets(out["cpu"][str(c)], args.profile_procs)
@@ -495,6 +497,44 @@ def measure_target(target: str, args, model_path: str, engine_kwargs: dict, engi
                 asyncio.run(load.run(c, max(args.requests_per_level, 6 * c), True, args.max_level_s))
             finally:
                 out["profile"] = stop_profilers(running)
+    return out
+
+
+# the fabric's own actor processes (its control plane: nothing on the request's path)
+CONTROL_PLANE = ("ray::GPUMonitor", "ray::Sites", "ray::Scheduler", "ray::TokenLedger",
+                 "ray::DeferredQueue")
+
+
+def paused_levels(load, args) -> dict:
+    """A diagnostic: c=1 streaming with the fabric's control-plane processes stopped
+    (SIGSTOP) and then running again, back to back. The difference in TTFT is what those
+    processes cost by being there (their wake-ups take the engine's cores); what stays over
+    a baseline is the data path's own (router, middleware, metering)."""
+    import psutil
+
+    own = os.getpid()
+    pids = [p for p in (psutil.Process(q) for q in _servers.own_pids())
+            if label(p, own) in CONTROL_PLANE]
+    n = max(args.requests_per_level, 6)
+    out = {"processes": sorted({label(p, own) for p in pids}), "count": len(pids)}
+    for paused in (True, False):
+        for p in pids if paused else ():
+            with contextlib.suppress(psutil.Error):
+                p.suspend()
+        try:
+            results, wall = asyncio.run(load.run(1, n, True, args.max_level_s))
+        finally:
+            for p in pids:
+                with contextlib.suppress(psutil.Error):
+                    p.resume()
+        row = summarize(results, wall, 1, True)
+        out["paused" if paused else "running"] = row
+        say(f"  c=1   stream, control plane {'stopped' if paused else 'running'} "
+            f"({len(pids)} processes) {row['ok']:>4}/{row['requests']:<4} "
+            f"{row['req_per_s']:>7.1f} req/s  ttft p50 {_fmt(row['ttft_p50_ms'])} ms")
+    p50 = lambda k: out[k]["ttft_p50_ms"]
+    if p50("paused") is not None and p50("running") is not None:
+        out["ttft_p50_delta_ms"] = round(p50("running") - p50("paused"), 2)
     return out
 
 
@@ -610,6 +650,14 @@ def report(results: dict, args) -> dict:
         for k, g in lean.items():
             say(f"  {k:<44} {g['value']!s:>8}  {'MET' if g['met'] else 'NOT MET'}")
         goals.update(lean)
+
+    paused = results.get("d", {}).get("paused")
+    if paused and paused.get("ttft_p50_delta_ms") is not None:
+        say(f"\nTTFT p50 at c=1, d with its control plane stopped / running, back to back: "
+            f"{paused['paused']['ttft_p50_ms']} / {paused['running']['ttft_p50_ms']} ms "
+            f"(the control plane's presence: {paused['ttft_p50_delta_ms']:+.2f} ms)"
+            + "".join(f"; {b} (its c=1 level) {level(results[b], 1, True)['ttft_p50_ms']} ms"
+                      for b in ("c", "f") if b in results and level(results[b], 1, True)))
 
     for c in sorted({min(args.concurrency), max(args.concurrency)}, reverse=True):
         cpu_targets = {t: r["cpu"][str(c)] for t, r in results.items() if str(c) in r.get("cpu", {})}
@@ -731,6 +779,9 @@ def main() -> dict:
                     help="py-spy the busiest serving processes during an extra c=max streaming run")
     ap.add_argument("--profile-procs", type=int, default=4, help="how many processes to sample")
     ap.add_argument("--profile-rate", type=int, default=50, help="py-spy samples per second")
+    ap.add_argument("--pause-control-plane", action="store_true",
+                    help="diagnostic: one more c=1 streaming level for d with the fabric's actor "
+                         "processes stopped (SIGSTOP), then one with them running")
     ap.add_argument("--open-loop", default="",
                     help="comma-separated offered rates (req/s) for open-loop levels replaying "
                          "the shipped trace slice's arrivals (e.g. 2,6)")
