@@ -32,10 +32,11 @@ template = region.sites[0]
 region.sites += [template.model_copy(update={"name": f"fleet-{i:04d}"}) for i in range(n)]
 spec = FabricSpec.model_validate_json(spec.model_dump_json())  # checked as a loaded spec is
 connect(address)
-actor = Scheduler.options(name=name, namespace=naming.NAMESPACE, lifetime="detached",
-                          ).remote(blobs.put(spec.model_dump_json()))
+text = spec.model_dump_json()
+key = blobs.put(text)
+actor = Scheduler.options(name=name, namespace=naming.NAMESPACE, lifetime="detached").remote(key)
 ray.get(actor.status.remote(), timeout=120)
-print(blobs.put(spec.model_dump_json()), len(spec.model_dump_json()))
+print(key, len(text))
 """
 
 
