@@ -513,8 +513,12 @@ def paused_levels(load, args) -> dict:
     import psutil
 
     own = os.getpid()
-    pids = [p for p in (psutil.Process(q) for q in _servers.own_pids())
-            if label(p, own) in CONTROL_PLANE]
+    pids = []
+    for pid in _servers.own_pids():
+        with contextlib.suppress(psutil.Error):  # a process may end while we look
+            proc = psutil.Process(pid)
+            if label(proc, own) in CONTROL_PLANE:
+                pids.append(proc)
     n = max(args.requests_per_level, 6)
     out = {"processes": sorted({label(p, own) for p in pids}), "count": len(pids)}
     for paused in (True, False):
