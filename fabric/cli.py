@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fabric.cluster import ClusterError
 from fabric.spec import SpecError, default_spec_path, load_spec
@@ -19,6 +20,13 @@ from fabric.spec import SpecError, default_spec_path, load_spec
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="token-fabric: produce, route and meter LLM tokens across regions and sites.")
 console = Console()
+
+
+def error(text: object) -> None:
+    """An error line for the user. The text is printed as it is: an exception's message may
+    hold brackets (a file path with a line number) that would otherwise be read as markup."""
+    console.print(f"[red]error:[/] {escape(str(text))}")
+
 
 SpecOpt = typer.Option(None, "--spec", help="fabric spec YAML (default: deployments/local.yaml)")
 ModelOpt = typer.Option(None, "--model", help="Hugging Face id or local path (default: the offline tiny model)")
@@ -30,7 +38,7 @@ def _load(spec_path: Optional[Path], port: Optional[int]):
     try:
         spec = load_spec(spec_path or default_spec_path())
     except SpecError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(2)
     if port is not None:
         spec.endpoint.port = port
@@ -137,10 +145,10 @@ def demo(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
         console.print("[yellow]interrupted[/]: the fabric was shut down")
         raise typer.Exit(130)
     except (ClusterError, SpecError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(1)
     except Exception as exc:
-        console.print(f"[red]error:[/] {type(exc).__name__}: {exc}\n(see {log})")
+        error(f"{type(exc).__name__}: {exc}\n(see {log})")
         raise typer.Exit(1)
     report.render(console)
     console.print(f"[dim]total {time.perf_counter() - start:.0f} s; Ray/vLLM log: {log}[/]")
@@ -187,7 +195,7 @@ def up(spec_path: Optional[Path] = SpecOpt, model: Optional[str] = ModelOpt,
     except KeyboardInterrupt:
         console.print("stopped; the fabric was shut down")
     except (ClusterError, SpecError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(1)
     finally:
         clear_run()
@@ -224,7 +232,7 @@ def down(timeout_s: float = typer.Option(120, "--timeout", help="seconds to wait
             break
         time.sleep(0.5)
     else:
-        console.print(f"[red]error:[/] still shutting down after {timeout_s:.0f} s (pid {proc.pid})")
+        error(f"still shutting down after {timeout_s:.0f} s (pid {proc.pid})")
         raise typer.Exit(1)
     console.print("stopped")
 
@@ -262,7 +270,7 @@ def bench(ctx: typer.Context, name: str = typer.Argument(..., help="a file of be
     script = root / f"{name}.py"
     if not script.exists():
         known = ", ".join(sorted(p.stem for p in root.glob("*.py"))) if root.exists() else "none"
-        console.print(f"[red]error:[/] no benchmark {name!r} (known: {known})")
+        error(f"no benchmark {name!r} (known: {known})")
         raise typer.Exit(2)
     raise typer.Exit(subprocess.call([sys.executable, str(script), *ctx.args]))
 
@@ -288,7 +296,7 @@ def simulate(spec_path: Optional[Path] = SpecOpt,
                 load=load, sites=sites, policy=policy, seed=seed, plot_dir=plots, html=html,
                 json_out=as_json, console=console)
     except (ValueError, SpecError, OSError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(2)
 
 
@@ -309,7 +317,7 @@ def status(address: Optional[str] = typer.Option(None, help="Ray cluster (defaul
         connect(address)
         snap = gather(run.get("base_url"), run.get("regional_urls"))
     except ClusterError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(1)
     if as_json:
         print(json.dumps(snap, indent=2))
@@ -341,7 +349,7 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
         try:
             row = batch_usage(path or default_ledger_path(), batch)
         except ValueError as exc:
-            console.print(f"[red]error:[/] {exc}")
+            error(exc)
             raise typer.Exit(2)
         if as_json:
             print(json.dumps(row, indent=2))
@@ -361,7 +369,7 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
         return
 
     if by not in GROUPS:
-        console.print(f"[red]error:[/] --by must be one of {', '.join(GROUPS)}")
+        error(f"--by must be one of {', '.join(GROUPS)}")
         raise typer.Exit(2)
     since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours) if hours else None
     members: dict[str, str] = {}
@@ -371,7 +379,7 @@ def usage(path: Optional[Path] = typer.Option(None, help="ledger directory (defa
         try:
             rows, members = federation_usage(federation, by, since)
         except (SpecError, RuntimeError) as exc:
-            console.print(f"[red]error:[/] {exc}")
+            error(exc)
             raise typer.Exit(2)
         if as_json:
             print(json.dumps({"rows": rows, "members": members}, indent=2))
@@ -420,14 +428,14 @@ def federate(spec_path: Path = typer.Option(..., "--spec", help="federation spec
     try:
         spec = load_federation(spec_path)
     except SpecError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(2)
     if port is not None:
         spec.listen.port = port
     from fabric.cluster import port_in_use
     if port_in_use(spec.listen.host, spec.listen.port):
-        console.print(f"[red]error:[/] port {spec.listen.port} on {spec.listen.host} is already "
-                      "in use; choose another with --port")
+        error(f"port {spec.listen.port} on {spec.listen.host} is already "
+              "in use; choose another with --port")
         raise typer.Exit(1)
     base = f"http://{spec.listen.host}:{spec.listen.port}"
 
@@ -476,7 +484,7 @@ def agents_run(workload: str = typer.Argument(..., help="workload name (see `fab
     try:
         wl = load_workload(workload)
     except ValueError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(2)
     info = read_run() or {}
     address = address or info.get("address")
@@ -492,7 +500,7 @@ def agents_run(workload: str = typer.Argument(..., help="workload name (see `fab
         report = run_swarm(wl, agents=n, duration_s=duration, base_url=url, api_key=api_key,
                            swarms=swarms, seed=seed, console=console)
     except (ClusterError, RuntimeError, ValueError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        error(exc)
         raise typer.Exit(1)
     report.render(console)
     if report_json:

@@ -8,8 +8,10 @@ for vLLM replica slots, so placement is decided by Ray's scheduler exactly as on
 from __future__ import annotations
 
 import os
+import random
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fabric.internals import FAKE_HEAD_NODE_ID, FAKE_NODE_PROVIDER
 from fabric.spec import (EDGE_LABEL, LLM_SLOT_RESOURCE, REGION_LABEL, ROLE_LABEL, SITE_LABEL,
@@ -101,9 +103,34 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A TCP port free now on every address, outside the kernel's ephemeral range. The port is
+    bound by its server only later (HAProxy binds its listeners a minute after the cluster
+    starts), and meanwhile the kernel may hand an ephemeral port to any process that binds
+    port 0, as Ray's servers and clients do all the time: such a port was once taken under
+    HAProxy's stats listener, and the fabric failed to start."""
+    low = _ephemeral_low()
+    # below the ephemeral range and above Ray's default worker ports (10002-19999)
+    ports = list(range(20000, low)) if low > 20100 else []
+    random.shuffle(ports)
+    for port in ports[:500]:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # no such range here: any port the kernel has free
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's ephemeral range (32768 where it cannot be read: Linux's
+    default, and below the 49152 of the BSDs)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def site_node_args(region, site, object_store_mb: int = 128) -> dict:

@@ -40,3 +40,28 @@ def test_bad_spec_names_the_field(tmp_path: Path):
     r = run("demo", "--spec", str(bad))
     assert r.returncode == 2
     assert "bad.yaml" in r.stdout and "regions[0].name" in r.stdout
+
+
+def test_an_error_text_with_brackets_is_printed_as_it_is():
+    # HAProxy names a config line as [/path/haproxy.cfg:96]: read as markup, it was a closing
+    # tag that matched nothing, and the error itself ended in a traceback
+    from fabric.cli import console, error
+
+    with console.capture() as out:
+        error("RuntimeError: Binding [/tmp/haproxy-serve/x/haproxy.cfg:96] failed [bold]")
+    assert "Binding [/tmp/haproxy-serve/x/haproxy.cfg:96] failed [bold]" in out.get()
+
+
+def test_a_chosen_port_is_free_and_outside_the_kernel_s_ephemeral_range(monkeypatch):
+    from fabric import cluster
+
+    assert cluster._ephemeral_low() > 1024  # read from the kernel here (or Linux's default)
+    monkeypatch.setattr(cluster, "_ephemeral_low", lambda: 32768)
+    for _ in range(20):
+        port = cluster.free_port()
+        assert 20000 <= port < 32768
+        with socket.socket() as sock:
+            sock.bind(("0.0.0.0", port))  # free on every address
+    monkeypatch.setattr(cluster, "_ephemeral_low", lambda: 20000)  # no such range: any free port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", cluster.free_port()))
